@@ -1,0 +1,192 @@
+"""Typed configuration dataclasses shared by the encoder, the heads and the model folder.
+
+Every config round-trips through plain dicts (JSON/YAML). ``from_dict`` rejects unknown keys with a message
+that names the key and lists the valid ones, so a typo in a YAML file never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bertkit.errors import ConfigError
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class HeadType(str, enum.Enum):
+    """Task families; each value is the registry name of the head that implements it."""
+
+    BINARY_CLASSIFICATION = "binary_classification"
+    MULTICLASS_CLASSIFICATION = "multiclass_classification"
+    MULTILABEL_CLASSIFICATION = "multilabel_classification"
+    REGRESSION = "regression"
+    ORDINAL_REGRESSION = "ordinal_regression"
+    ENSEMBLE_CLASSIFICATION = "ensemble_classification"
+    HIERARCHICAL_CLASSIFICATION = "hierarchical_classification"
+
+
+class PoolingType(str, enum.Enum):
+    """How a head turns token states ``[B, T, H]`` into one vector ``[B, H]`` (all mask padding)."""
+
+    CLS = "cls"
+    MEAN = "mean"
+    MAX = "max"
+    ATTENTION = "attention"
+    WEIGHTED_MEAN = "weighted_mean"
+    LAST = "last"
+    POOLER = "pooler"
+    NONE = "none"  # token-level heads: no pooling
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+class ConfigBase:
+    """Mixin giving dataclass configs strict ``from_dict`` / ``to_dict``."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
+        """Build the config from a dict, rejecting unknown keys with a helpful message."""
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown {cls.__name__} key '{key}'{hint}; valid keys: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (enums become their string values)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, list | tuple):
+                value = [_enum_value(v) for v in value]
+            out[f.name] = _enum_value(value)
+        return out
+
+
+def check_choice(name: str, value: Any, allowed: list[str] | tuple[str, ...]) -> str:
+    """Return ``value`` as a lower-case string if it is one of ``allowed``, else raise ConfigError."""
+    v = str(_enum_value(value)).lower()
+    if v not in allowed:
+        raise ConfigError(f"{name}='{value}' is not valid; choose one of: {', '.join(allowed)}")
+    return v
+
+
+@dataclass
+class BertConfig(ConfigBase):
+    """How to build the encoder.
+
+    Attributes:
+        model_name_or_path: ``"minilm"`` (bundled), a local folder, a hub id, or None to build from scratch.
+        model_type: architecture used when building from scratch (any transformers ``model_type``).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size,
+            max_position_embeddings: from-scratch sizes (ignored for pretrained models).
+        hidden_dropout_prob, attention_probs_dropout_prob: dropout overrides (None keeps the model's).
+        attn_implementation: "sdpa" (default), "eager" or "flash_attention_2"; falls back when unsupported.
+        output_hidden_states: also return all layers' states in ``BertOutput.hidden_states``.
+        add_pooler_if_missing: learn a dense+tanh pooler over CLS when the backbone has none.
+        gradient_checkpointing: trade compute for memory.
+        bert_variant: "standard" or "cnn_hybrid".
+        extra_config: extra ``transformers`` config values for from-scratch models.
+    """
+
+    model_name_or_path: str | None = None
+    model_type: str = "bert"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int | None = None
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float | None = None
+    attention_probs_dropout_prob: float | None = None
+    attn_implementation: str = "sdpa"
+    output_hidden_states: bool = False
+    add_pooler_if_missing: bool = True
+    gradient_checkpointing: bool = False
+    bert_variant: str = "standard"
+    cnn_kernel_sizes: list[int] = field(default_factory=lambda: [3, 5])
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"BertConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.model_name_or_path is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads="
+                f"{self.num_attention_heads}"
+            )
+        self.attn_implementation = check_choice(
+            "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2")
+        )
+        self.bert_variant = check_choice("bert_variant", self.bert_variant, ("standard", "cnn_hybrid"))
+
+
+@dataclass
+class HeadConfig(ConfigBase):
+    """Everything a head needs to rebuild itself (saved as ``head/config.json``).
+
+    Attributes:
+        head_type: registry name of the head (a :class:`HeadType` value or a custom registered name).
+        input_size: width of the encoder states it reads (checked against the encoder at construction).
+        output_size: number of outputs (logits); defaults from ``num_labels``.
+        num_labels: number of classes / labels / targets.
+        label_names: human names of the classes (decoding and reports).
+        pooling_type: see :class:`PoolingType`.
+        hidden_sizes: optional projection MLP widths before the output layer (empty: none).
+        activation: projection activation ("gelu", "relu", "tanh", "silu").
+        dropout_prob: dropout before the output layer (and inside the projection).
+        multi_sample_dropout: K>1 averages the logits (and losses) over K dropout masks in training.
+        loss_type: head-specific loss name (e.g. "bce", "focal", "ce", "mse", "huber", "coral").
+        focal_gamma, focal_alpha, label_smoothing, class_weights, pos_weight: loss options.
+        max_position_embeddings: positions for WEIGHTED_MEAN pooling.
+        extra: head-specific options (e.g. ``{"dimensions": [["E","I"], ...]}``) — data, never code.
+    """
+
+    head_type: str = HeadType.BINARY_CLASSIFICATION.value
+    input_size: int = 768
+    output_size: int | None = None
+    num_labels: int = 2
+    label_names: list[str] = field(default_factory=list)
+    pooling_type: str = PoolingType.CLS.value
+    hidden_sizes: list[int] = field(default_factory=list)
+    activation: str = "gelu"
+    dropout_prob: float = 0.1
+    multi_sample_dropout: int = 1
+    loss_type: str | None = None
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None
+    pos_weight: float | None = None
+    max_position_embeddings: int = 512
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.head_type = str(_enum_value(self.head_type))
+        self.pooling_type = check_choice("pooling_type", self.pooling_type, [p.value for p in PoolingType])
+        self.activation = check_choice("activation", self.activation, ("gelu", "relu", "tanh", "silu"))
+        if self.num_labels < 1:
+            raise ConfigError(f"num_labels must be >= 1, got {self.num_labels}")
+        if self.label_names and len(self.label_names) != self.num_labels:
+            raise ConfigError(
+                f"label_names has {len(self.label_names)} names but num_labels={self.num_labels}; "
+                "give one name per label"
+            )
+        if not 0.0 <= self.dropout_prob < 1.0:
+            raise ConfigError(f"dropout_prob must be in [0, 1), got {self.dropout_prob}")
+        if self.multi_sample_dropout < 1:
+            raise ConfigError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")
+        self.label_names = [str(n) for n in self.label_names]
