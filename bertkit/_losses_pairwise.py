@@ -175,7 +175,9 @@ def listwise_softmax_loss(scores: Tensor, labels: Tensor, group_ids: Tensor) -> 
     scores, labels, _ = _pair_masks(scores, labels, group_ids)
     groups = torch.as_tensor(group_ids, device=scores.device).reshape(-1)
     same = groups[:, None] == groups[None, :]  # [N, N]
-    masked = scores[None, :].expand(same.shape).masked_fill(~same, float("-inf"))  # row i: scores of i's group
+    masked = (
+        scores[None, :].expand(same.shape).masked_fill(~same, float("-inf"))
+    )  # row i: scores of i's group
     log_p = scores - torch.logsumexp(masked, dim=1)  # [N] log-softmax within the group
     label_sum = (same.to(labels.dtype) * labels[None, :]).sum(dim=1)  # [N] label total of i's group
     valid = label_sum > 0  # [N]

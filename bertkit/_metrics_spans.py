@@ -99,7 +99,9 @@ def squad_f1(prediction: str, ground_truths: str | Iterable[str]) -> float:
     return float(max(_f1(g, prediction) for g in _gold_list(ground_truths)))
 
 
-def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+def squad_metrics(
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
     """Corpus exact match and F1 on the 0-100 scale.
 
     Args:
@@ -152,7 +154,9 @@ def entity_metrics(
     if scheme not in _SCHEMES:
         raise ConfigError(f"unknown tagging scheme {scheme!r}; use one of {list(_SCHEMES)}.")
     if len(true_tags) != len(pred_tags) or any(len(t) != len(p) for t, p in zip(true_tags, pred_tags)):
-        raise DataError("true_tags and pred_tags must have the same sentences and lengths; align them per word.")
+        raise DataError(
+            "true_tags and pred_tags must have the same sentences and lengths; align them per word."
+        )
     kwargs: dict[str, object] = {"mode": mode, "zero_division": 0}
     if mode == "strict":
         kwargs["scheme"] = getattr(sq_scheme, scheme)
@@ -164,7 +168,9 @@ def entity_metrics(
             "recall": float(sq.recall_score(true_tags, pred_tags, **kwargs)),
         }
         has_entities = any(t != "O" for sent in list(true_tags) + list(pred_tags) for t in sent)
-        raw = sq.classification_report(true_tags, pred_tags, output_dict=True, **kwargs) if has_entities else {}
+        raw = (
+            sq.classification_report(true_tags, pred_tags, output_dict=True, **kwargs) if has_entities else {}
+        )
     out["report"] = {
         name: {
             "precision": float(v["precision"]),
@@ -191,7 +197,9 @@ def span_metrics(
         ``{"precision", "recall", "f1"}``; 0 where a denominator is 0.
     """
     if len(true_spans) != len(pred_spans):
-        raise DataError(f"{len(true_spans)} gold vs {len(pred_spans)} predicted examples; pass one set per example.")
+        raise DataError(
+            f"{len(true_spans)} gold vs {len(pred_spans)} predicted examples; pass one set per example."
+        )
     tp = n_true = n_pred = 0
     for gold, pred in zip(true_spans, pred_spans):
         gold, pred = set(gold), set(pred)
@@ -233,7 +241,9 @@ def ranking_metrics(
     labels = np.asarray(labels, dtype=np.float64).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if not (group_ids.shape == labels.shape == scores.shape):
-        raise DataError(f"group_ids {group_ids.shape}, labels {labels.shape}, scores {scores.shape} must all be [N].")
+        raise DataError(
+            f"group_ids {group_ids.shape}, labels {labels.shape}, scores {scores.shape} must all be [N]."
+        )
     if np.any(labels < 0):
         raise DataError("ranking labels must be >= 0 (0 = not relevant); shift or clip negative grades.")
     ks = tuple(int(k) for k in ks)

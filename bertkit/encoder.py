@@ -102,7 +102,7 @@ def build_hf_config(cfg: BertConfig) -> Any:
     from transformers import AutoConfig
 
     try:
-        hf = AutoConfig.for_model(cfg.model_type)
+        defaults = AutoConfig.for_model(cfg.model_type)
     except ValueError as exc:
         raise ConfigError(f"unknown model_type '{cfg.model_type}' for a from-scratch encoder: {exc}") from None
     ffn = cfg.intermediate_size or 4 * cfg.hidden_size
@@ -114,18 +114,28 @@ def build_hf_config(cfg: BertConfig) -> Any:
         "head_dim": cfg.hidden_size // cfg.num_attention_heads,
         "intermediate_size": ffn,
         "hidden_dim": ffn,  # DistilBERT's name for the FFN width
+        "embedding_size": cfg.hidden_size,  # ELECTRA
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_position_embeddings,
-        "pad_token_id": 0,  # the bundled WordPiece tokenizer pads with id 0
+        # the bundled WordPiece tokenizer's special tokens: [PAD]=0, [CLS]=101, [SEP]=102
+        "pad_token_id": 0,
+        "cls_token_id": 101,
+        "sep_token_id": 102,
+        "bos_token_id": 101,
+        "eos_token_id": 102,
     }
+    attribute_map = getattr(defaults, "attribute_map", {})
+    kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        if hasattr(hf, key) or key in getattr(hf, "attribute_map", {}):
-            setattr(hf, key, value)
-    if cfg.model_type == "electra" and hasattr(hf, "embedding_size"):
-        hf.embedding_size = cfg.hidden_size
-    for key, value in cfg.extra_config.items():
-        setattr(hf, key, value)
-    return hf
+        if key in attribute_map:
+            kwargs[attribute_map[key]] = value
+        elif hasattr(defaults, key):
+            kwargs[key] = value
+    kwargs.update(cfg.extra_config)
+    try:
+        return AutoConfig.for_model(cfg.model_type, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid from-scratch '{cfg.model_type}' config: {str(exc).splitlines()[0]}") from None
 
 
 def _apply_dropout(hf_config: Any, cfg: BertConfig) -> None:

@@ -87,7 +87,9 @@ def focal_loss_binary(
     """
     _check_reduction(reduction)
     targets = targets.to(logits.dtype)
-    ce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")  # [B(,L)]
+    ce = F.binary_cross_entropy_with_logits(
+        logits, targets, pos_weight=pos_weight, reduction="none"
+    )  # [B(,L)]
     loss = ce
     if gamma != 0:
         # -log p_t without pos_weight; 1 - p_t = -expm1(log p_t), accurate when p_t is close to 1
@@ -133,7 +135,7 @@ def focal_loss_multiclass(
     targets = targets.reshape(-1).long()  # [B']
     valid = targets != ignore_index  # [B']
     safe_t = torch.where(valid, targets, torch.zeros_like(targets))
-    log_p = F.log_softmax(logits.float(), dim=-1)  # [B', C]
+    log_p = F.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # [B', C]
     log_p_t = log_p.gather(1, safe_t[:, None]).squeeze(1)  # [B']
     if class_weights is not None:
         w = class_weights.to(log_p)

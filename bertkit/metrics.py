@@ -196,7 +196,9 @@ def multiclass_metrics(
     _same_len("y_true", y_true, "proba", proba)
     n_classes = proba.shape[1]
     if label_names is not None and len(label_names) != n_classes:
-        raise ConfigError(f"label_names has {len(label_names)} names for {n_classes} classes; pass one per class.")
+        raise ConfigError(
+            f"label_names has {len(label_names)} names for {n_classes} classes; pass one per class."
+        )
     labels = list(range(n_classes))
     y_pred = proba.argmax(axis=1)  # [N]
     out = {
@@ -220,7 +222,9 @@ def _thresholds_vector(thresholds: float | np.ndarray, n_labels: int) -> np.ndar
     if thr.ndim == 0:
         return np.full(n_labels, float(thr))
     if thr.shape != (n_labels,):
-        raise ConfigError(f"thresholds has shape {thr.shape}; pass a float or one threshold per label ({n_labels}).")
+        raise ConfigError(
+            f"thresholds has shape {thr.shape}; pass a float or one threshold per label ({n_labels})."
+        )
     return thr
 
 
@@ -245,7 +249,9 @@ def multilabel_metrics(
     y_true = np.asarray(y_true).astype(np.int64)  # [N, L]
     proba = np.asarray(proba, dtype=np.float64)  # [N, L]
     if y_true.ndim != 2 or proba.shape != y_true.shape:
-        raise DataError(f"y_true {y_true.shape} and proba {proba.shape} must both be [N, L]; pass 2-D arrays.")
+        raise DataError(
+            f"y_true {y_true.shape} and proba {proba.shape} must both be [N, L]; pass 2-D arrays."
+        )
     n_labels = y_true.shape[1]
     names = list(label_names) if label_names is not None else [f"label_{j}" for j in range(n_labels)]
     if len(names) != n_labels:
@@ -294,7 +300,9 @@ def tune_thresholds(y_true: np.ndarray, proba: np.ndarray, grid: np.ndarray | No
     if y_true.ndim == 1:
         y_true, proba = y_true[:, None], proba.reshape(-1, 1)
     if proba.shape != y_true.shape:
-        raise DataError(f"y_true {y_true.shape} and proba {proba.shape} must both be [N, L]; pass same shapes.")
+        raise DataError(
+            f"y_true {y_true.shape} and proba {proba.shape} must both be [N, L]; pass same shapes."
+        )
     grid = DEFAULT_THRESHOLD_GRID if grid is None else np.asarray(grid, dtype=np.float64).ravel()
     out = np.full(y_true.shape[1], 0.5)
     for j in range(y_true.shape[1]):
@@ -420,7 +428,9 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return out
 
 
-def ordinal_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
+def ordinal_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None
+) -> dict[str, float]:
     """Metrics for ordinal labels (ratings, grades).
 
     Args:

@@ -106,7 +106,7 @@ class BertWithHead(nn.Module):
             outputs = self.head.forward_encoder(self.bert, input_ids, attention_mask, token_type_ids, **kwargs)
         else:
             encoded = self.bert(input_ids, attention_mask, token_type_ids)
-            outputs = self.head(encoded, encoded.attention_mask, **kwargs)
+            outputs = self.head(encoded, encoded.attention_mask, input_ids=input_ids, **kwargs)
         if labels is not None:
             outputs["loss"] = self.head.compute_loss(outputs, labels)
         return outputs

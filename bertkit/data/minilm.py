@@ -34,7 +34,9 @@ def minilm_path() -> Path:
     except (ImportError, ValueError):  # broken install / odd sys.modules entry
         spec = None
     if spec is None:
-        raise ConfigError(f"the bundled MiniLM model package '{MINILM_PACKAGE}' is not installed; {_INSTALL_HINT}")
+        raise ConfigError(
+            f"the bundled MiniLM model package '{MINILM_PACKAGE}' is not installed; {_INSTALL_HINT}"
+        )
     roots: list[Path] = []
     if spec.origin and spec.origin not in ("namespace", "built-in"):
         roots.append(Path(spec.origin).resolve().parent)

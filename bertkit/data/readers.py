@@ -18,6 +18,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bertkit.errors import DataError
@@ -336,3 +337,87 @@ def _finish(df: pd.DataFrame, name: str) -> pd.DataFrame:
             f"add rows or pick the right file"
         )
     return df
+
+
+_SAMPLE = 5000
+
+
+# ----------------------------------------------------------------------- column inspection (for analyze)
+def name_tokens(name: str) -> list[str]:
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def is_id_like(name: str) -> bool:
+    toks, low = name_tokens(name), name.lower()
+    return bool(toks) and (
+        toks[-1] == "id" or toks[0] == "id" or low in {"uid", "guid", "uuid", "qid", "pid", "idx", "index"}
+    )
+
+
+def is_unnamed(name: str) -> bool:
+    return name.startswith("Unnamed:") or not name
+
+
+def is_texty(s: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return False
+    if pd.api.types.is_string_dtype(s) and not pd.api.types.is_object_dtype(s):
+        return True
+    vals = s.dropna().head(_SAMPLE)
+    return len(vals) > 0 and float(vals.map(lambda v: isinstance(v, str)).mean()) >= 0.5
+
+
+def mean_length(s: pd.Series) -> float:
+    vals = s.dropna().head(_SAMPLE)
+    return float(vals.astype(str).str.len().mean()) if len(vals) else 0.0
+
+
+def is_binary01(s: pd.Series) -> bool:
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) or s.isna().any():
+        return False
+    try:
+        return set(np.unique(s.to_numpy().astype(float)).tolist()) <= {0.0, 1.0}
+    except (TypeError, ValueError):
+        return False
+
+
+def detect_delimiter(s: pd.Series) -> str | None:
+    """Delimiter of a multilabel string column ("anger;joy"), or None when it does not look like one."""
+    if not is_texty(s):
+        return None
+    vals = s.dropna().head(20000).astype(str)
+    for delim in (";", "|", ","):
+        if len(vals) == 0 or float(vals.str.contains(delim, regex=False).mean()) < 0.1:
+            continue
+        toks = [t.strip() for v in vals for t in v.split(delim) if t.strip()]
+        counts = Counter(toks)
+        if not toks or not 2 <= len(counts) <= 1000 or np.mean([len(t) for t in counts]) > 40:
+            continue
+        if sum(c for c in counts.values() if c >= 2) / len(toks) >= 0.8:
+            return delim
+    return None
+
+
+def as_numeric(vals: pd.Series) -> np.ndarray | None:
+    """Float values when every value is numeric (bools are not), else None."""
+    if pd.api.types.is_bool_dtype(vals):
+        return None
+    if pd.api.types.is_numeric_dtype(vals):
+        return vals.to_numpy(dtype=float)
+    if vals.map(lambda v: isinstance(v, bool)).any():
+        return None
+    try:
+        conv = pd.to_numeric(vals.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+    except (TypeError, ValueError):  # lists/dicts from JSON
+        return None
+    return conv.to_numpy(dtype=float) if conv.notna().all() else None
+
+
+def check_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise DataError(
+            f"{what} {', '.join(map(repr, missing))} not found; available columns: "
+            f"{', '.join(map(repr, df.columns))}"
+        )

@@ -223,5 +223,14 @@ class BaseHead(nn.Module):
         names = list(self.config.label_names)
         return names or [f"label_{i}" for i in range(self.config.num_labels)]
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """Small HeadConfig values for this head (the registry sweep tests and docs build heads from it)."""
+        return {"num_labels": 3}
+
+    def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
+        """Random valid targets for a batch of ``batch_size`` texts of ``seq_len`` tokens (sweep tests)."""
+        return torch.randint(0, self.config.num_labels, (batch_size,), generator=generator)
+
     def extra_repr(self) -> str:
         return f"registry_name={self.registry_name!r}, task={self.task!r}"

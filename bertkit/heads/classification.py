@@ -51,6 +51,10 @@ class BinaryClassificationHead(BaseHead):
 
     task = "binary"
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 2}
+
     @staticmethod
     def default_output_size(config: HeadConfig) -> int:
         return 2 if (config.loss_type or "bce") == "softmax" else 1
@@ -190,6 +194,13 @@ class MultilabelClassificationHead(BaseHead):
 
     task = "multilabel"
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 4, "extra": {"dimensions": [["E", "I"], ["S", "N"], ["T", "F"], ["J", "P"]]}}
+
+    def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
+        return torch.randint(0, 2, (batch_size, self.config.num_labels), generator=generator).float()
+
     def _build_output_layer(self) -> None:
         super()._build_output_layer()
         n = int(self.config.output_size or self.config.num_labels)
@@ -269,6 +280,10 @@ class EnsembleClassificationHead(MulticlassClassificationHead):
     multiclass head plus ``member_logits [B, M, C]``.
     """
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 3, "extra": {"poolings": ["cls", "mean", "attention"], "combine": "learned"}}
+
     def _build_output_layer(self) -> None:
         poolings = self.config.extra.get("poolings", ["cls", "mean", "max"])
         self.combine = check_choice("combine", self.config.extra.get("combine", "mean"), ("mean", "learned"))
@@ -311,6 +326,10 @@ class HierarchicalClassificationHead(BaseHead):
     """
 
     task = "multiclass"
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 4, "label_names": ["a1", "a2", "b1", "b2"], "extra": {"parents": ["A", "A", "B", "B"]}}
 
     def _build_output_layer(self) -> None:
         parents = [str(p) for p in self.config.extra.get("parents", [])]

@@ -32,6 +32,13 @@ class RegressionHead(BaseHead):
     task = "regression"
     default_pooling = "mean"
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 2, "extra": {"uncertainty": True}}
+
+    def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
+        return torch.randn(batch_size, self.config.num_labels, generator=generator)
+
     @staticmethod
     def default_output_size(config: HeadConfig) -> int:
         return config.num_labels * (2 if config.extra.get("uncertainty") else 1)
@@ -115,6 +122,10 @@ class OrdinalRegressionHead(BaseHead):
 
     task = "ordinal"
     default_pooling = "mean"
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"num_labels": 5}
 
     @staticmethod
     def default_output_size(config: HeadConfig) -> int:
