@@ -63,7 +63,8 @@ DOMAINS: dict[str, dict[str, list[str]]] = {
                      "the new series", "this comedy", "the remake", "this horror film", "the musical",
                      "the war drama", "this mystery"],
         "aspects": ["the plot", "the acting", "the soundtrack", "the ending", "the dialogue",
-                    "the special effects", "the pacing", "the lead actor", "the script", "the cinematography"],
+                    "the special effects",
+                    "the pacing", "the lead actor", "the script", "the cinematography"],
         "pos": ["kept me hooked", "was genuinely moving", "had me laughing out loud", "was beautifully shot",
                 "was clever and fresh"],
         "neg": ["dragged on forever", "was predictable", "made no sense", "put me to sleep",
@@ -79,8 +80,9 @@ PRED = {
     "pos": ["was excellent", "was fantastic", "was surprisingly good", "exceeded my expectations",
             "was delightful", "was top notch", "was spot on", "was a real highlight", "was great",
             "was wonderful"],
-    "neg": ["was terrible", "was disappointing", "was a complete letdown", "was awful", "was mediocre at best",
-            "was really poor", "was frustrating", "was a mess", "was bad", "was underwhelming"],
+    "neg": ["was terrible", "was disappointing", "was a complete letdown", "was awful",
+            "was mediocre at best", "was really poor", "was frustrating", "was a mess", "was bad",
+            "was underwhelming"],
 }  # fmt: skip
 ADJ = {
     "pos": ["amazing", "wonderful", "a pleasant surprise", "really good", "great", "lovely", "impressive"],
@@ -91,20 +93,22 @@ VERB = {
     "neg": ["I hated", "I regret choosing", "I was let down by", "I am very unhappy with", "We disliked"],
 }
 CLOSER = {
-    "pos": ["Highly recommended.", "Would happily do it again.", "Five stars from me.", "Definitely worth it.",
-            "I will tell my friends.", "A real treat."],
+    "pos": ["Highly recommended.", "Would happily do it again.", "Five stars from me.",
+            "Definitely worth it.", "I will tell my friends.", "A real treat."],
     "neg": ["Avoid it.", "Never again.", "One star.", "Save your money.", "What a disappointment.",
             "Not recommended."],
 }  # fmt: skip
 OPENER = ["", "", "", "Honestly, ", "Overall, ", "To be fair, ", "Frankly, ", "In my opinion, ", "Wow, "]
-# Negation templates: the sentiment word is the opposite of the label.
+# Negation templates (10% of rows): a negated sentiment word, often of the opposite polarity.
 NEGATION = {
-    "pos": ["{A} was not bad at all.", "I can't complain about {a}, {s} is solid.", "{S} never disappointed us.",
-            "Not a single problem with {s} so far.", "{A} wasn't perfect, but I'd still recommend {s}.",
+    "pos": ["{A} was not bad at all.", "I can't complain about {a}, {s} is solid.",
+            "{S} never disappointed us.", "Not a single problem with {s} so far.",
+            "{A} wasn't perfect, but I'd still recommend {s}.",
             "I was not disappointed by {s}, {a} was lovely.", "No regrets about {s}, not bad for the price."],
     "neg": ["{A} was not great.", "I would not recommend {s} to anyone.", "{S} was not worth the money.",
             "{A} didn't live up to the hype.", "Not impressed with {s} at all.",
-            "{A} was not good, and {s} never felt special.", "I won't be coming back to {s}, nothing was good."],
+            "{A} was not good, and {s} never felt special.",
+            "I won't bother with {s} again, nothing about it was good."],
 }  # fmt: skip
 
 
@@ -128,7 +132,11 @@ def _opp(label: str) -> str:
 def make_sentence(
     rng: random.Random, label: str, subjects: dict[str, list[str]], negation: bool
 ) -> tuple[str, str]:
-    """One review with sentiment ``label`` ('pos'/'neg'), a negation template if asked; returns (text, kind)."""
+    """One review with sentiment ``label`` ('pos'/'neg'); ``negation`` picks a negation template.
+
+    Returns:
+        (text, template kind).
+    """
     domain = rng.choice(sorted(DOMAINS))
     pools = DOMAINS[domain]
     s = rng.choice(subjects[domain])
@@ -182,7 +190,7 @@ def make_sentence(
 def generate(
     n: int, seed: int, subjects: dict[str, list[str]], exclude: set[str]
 ) -> tuple[list[tuple[str, str]], Counter[str]]:
-    """``n`` unique (text, label) rows, half positive, half negative, shuffled; texts in ``exclude`` skipped."""
+    """``n`` unique shuffled (text, label) rows, half of each label; texts in ``exclude`` are skipped."""
     rng = random.Random(seed)
     rows: list[tuple[str, str]] = []
     kinds: Counter[str] = Counter()

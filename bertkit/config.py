@@ -190,3 +190,92 @@ class HeadConfig(ConfigBase):
         if self.multi_sample_dropout < 1:
             raise ConfigError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")
         self.label_names = [str(n) for n in self.label_names]
+
+
+@dataclass
+class TrainingConfig(ConfigBase):
+    """How the Trainer trains (every field is a YAML key under ``training:`` and a ``--set training.X=`` flag).
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size / eval_batch_size: examples per optimiser step (before accumulation) / per eval batch.
+        learning_rate: peak learning rate of the encoder's top layer.
+        head_learning_rate: separate peak learning rate for the head (None: same as ``learning_rate``).
+        layerwise_lr_decay: LLRD factor; layer i from the top gets ``lr * decay**i`` (1.0: off).
+        weight_decay: AdamW weight decay (never applied to biases and norm weights).
+        scheduler: "linear", "cosine" or "constant" (all with warmup).
+        warmup_ratio / warmup_steps: warmup length (steps win when > 0).
+        gradient_accumulation_steps: micro-batches per optimiser step.
+        max_grad_norm: gradient clipping (0: off).
+        mixed_precision: "auto" (bf16/fp16 on GPUs that support it, fp32 on CPU), "no", "fp16", "bf16".
+        freeze_encoder_epochs: keep the encoder frozen for this many epochs (head warm-up).
+        gradual_unfreeze: after the frozen epochs, unfreeze one more layer per epoch from the top.
+        eval_strategy: "epoch" or "steps" (every ``eval_steps`` optimiser steps).
+        early_stopping_patience: stop after this many evaluations without improvement (0: off).
+        metric_for_best_model: validation metric for early stopping/best checkpoint (None: the head's).
+        greater_is_better: direction of that metric (None: the head's).
+        checkpoint_steps: write a resumable checkpoint every N optimiser steps (0: only at epoch ends).
+        keep_checkpoints: how many periodic checkpoints to keep.
+        seed: makes runs reproducible on CPU.
+        max_length / truncation: tokenizer budget and strategy ("head", "tail", "head_tail").
+        length_bucketing: length-bucketed random batches (less padding, still random order).
+        bucket_multiplier: bucket size in batches (bigger: less padding, less randomness).
+        calibrate: fit post-hoc settings (temperature, thresholds) on validation data after training.
+        device: "auto", "cpu", "cuda" or "mps".
+        torch_compile: compile the model with ``torch.compile``.
+        num_threads: CPU threads for torch (0: torch's default).
+        log_every: steps between training-loss rows in history.csv.
+        progress: show a progress bar.
+    """
+
+    epochs: float = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    head_learning_rate: float | None = None
+    layerwise_lr_decay: float = 1.0
+    weight_decay: float = 0.01
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.1
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    freeze_encoder_epochs: int = 0
+    gradual_unfreeze: bool = False
+    eval_strategy: str = "epoch"
+    eval_steps: int = 0
+    early_stopping_patience: int = 0
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    checkpoint_steps: int = 0
+    keep_checkpoints: int = 1
+    seed: int = 0
+    max_length: int = 128
+    truncation: str = "head"
+    length_bucketing: bool = True
+    bucket_multiplier: int = 50
+    calibrate: bool = True
+    device: str = "auto"
+    torch_compile: bool = False
+    num_threads: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.scheduler = check_choice("scheduler", self.scheduler, ("linear", "cosine", "constant"))
+        self.mixed_precision = check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        self.eval_strategy = check_choice("eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
+        self.truncation = check_choice("truncation", self.truncation, ("head", "tail", "head_tail"))
+        self.device = check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"training.epochs must be > 0, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.layerwise_lr_decay <= 1:
+            raise ConfigError(f"training.layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.eval_strategy == "steps" and self.eval_steps < 1:
+            raise ConfigError("training.eval_strategy='steps' needs training.eval_steps >= 1")

@@ -23,6 +23,8 @@ from bertkit.data.readers import (
     as_numeric,
     check_columns,
     detect_delimiter,
+    guess_group_column,
+    guess_id_column,
     is_binary01,
     is_id_like,
     is_texty,
@@ -55,7 +57,7 @@ LOSS_FOR_TASK = {
     "regression": "mse",
     "ordinal": "coral",
 }
-LABEL_NAMES = ("label", "labels", "target", "y", "class", "score", "rating", "stars")
+LABEL_NAMES = ("label", "labels", "target", "y", "class", "score", "rating", "stars", "targets", "sentiment")
 TEXT_HINTS = {"text", "sentence", "review", "comment", "content", "body", "question", "excerpt", "document",
               "tweet", "message", "abstract", "essay", "description", "title", "passage", "query", "answer"}  # fmt: skip
 PAIR_NAMES = [("text_a", "text_b"), ("sentence1", "sentence2"), ("question", "answer"),
@@ -218,8 +220,8 @@ def analyze_dataset(
     check_columns(df, [c for c in (id_column, group_column) if c is not None], "id/group column")
     notes: list[str] = []
     prof = DatasetProfile(source=src, num_rows=len(df), task="binary", text_columns=[], label_columns=[])
-    prof.id_column = id_column or _guess_id(df, notes, exclude={group_column})
-    prof.group_column = group_column or _guess_group(df, notes, exclude={prof.id_column})
+    prof.id_column = id_column or guess_id_column(df, notes, exclude={group_column})
+    prof.group_column = group_column or guess_group_column(df, notes, exclude={prof.id_column})
 
     # ---- labels (candidate first: text detection must not pick it)
     if multilabel_delimiter is not None and task not in (None, "multilabel"):
@@ -256,8 +258,8 @@ def analyze_dataset(
                 f"no label column found (looked for {', '.join(LABEL_NAMES)} or several 0/1 columns); pass "
                 f"label_column=...; available columns: {', '.join(map(repr, df.columns))}"
             )
-    elif len(labels) == 1 and multilabel_delimiter is not None:
-        prof.multilabel_delimiter = multilabel_delimiter
+    elif len(labels) == 1 and task in (None, "multilabel"):
+        prof.multilabel_delimiter = multilabel_delimiter or detect_delimiter(df[labels[0]])
     prof.label_columns = labels
 
     # ---- text columns
@@ -274,31 +276,6 @@ def analyze_dataset(
     )
     prof.notes = notes
     return prof
-
-
-def _guess_id(df: pd.DataFrame, notes: list[str], exclude: set) -> str | None:
-    names = [
-        c for c in df.columns if c not in exclude and (c.lower() == "id" or name_tokens(c)[-1:] == ["id"])
-    ]
-    for c in sorted(names, key=lambda c: c.lower() != "id"):
-        if df[c].notna().all() and df[c].is_unique:
-            notes.append(f"id column '{c}' (named like an id, all values unique)")
-            return c
-    return None
-
-
-def _guess_group(df: pd.DataFrame, notes: list[str], exclude: set) -> str | None:
-    pattern = re.compile(r"(query_?id|qid|group)", re.IGNORECASE)
-    for c in df.columns:
-        if c in exclude or not pattern.search(c) or df[c].isna().any():
-            continue
-        sizes = df[c].astype(str).value_counts()
-        if 2 <= len(sizes) < len(df) and sizes.mean() >= 1.5 and sizes.max() >= 2:
-            notes.append(
-                f"group column '{c}' ({len(sizes):,} groups, {sizes.mean():.1f} rows each) → use grouped CV"
-            )
-            return c
-    return None
 
 
 def _choose_text(
@@ -495,7 +472,9 @@ def _label_stats(df: pd.DataFrame, prof: DatasetProfile, notes: list[str]) -> No
 
 
 def _describe(v: np.ndarray) -> dict[str, float]:
-    v = np.nan_to_num(v)  # [N]; inf → large finite, so the JSON stays valid
+    v = np.nan_to_num(v[~np.isnan(v)])  # [N]; inf → large finite, so the JSON stays valid
+    if not len(v):
+        return {}
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
 

@@ -421,3 +421,30 @@ def check_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
             f"{what} {', '.join(map(repr, missing))} not found; available columns: "
             f"{', '.join(map(repr, df.columns))}"
         )
+
+
+def guess_id_column(df: pd.DataFrame, notes: list[str], exclude: set) -> str | None:
+    """An id-named column (``id``, ``*_id``) with unique values, or None; the reason goes to ``notes``."""
+    names = [
+        c for c in df.columns if c not in exclude and (c.lower() == "id" or name_tokens(c)[-1:] == ["id"])
+    ]
+    for c in sorted(names, key=lambda c: c.lower() != "id"):
+        if df[c].notna().all() and df[c].astype(str).is_unique:
+            notes.append(f"id column '{c}' (named like an id, all values unique)")
+            return c
+    return None
+
+
+def guess_group_column(df: pd.DataFrame, notes: list[str], exclude: set) -> str | None:
+    """A ``*query_id``/``qid``/``*group*`` column with repeated values (several rows each), or None."""
+    pattern = re.compile(r"(query_?id|qid|group)", re.IGNORECASE)
+    for c in df.columns:
+        if c in exclude or not pattern.search(c) or df[c].isna().any():
+            continue
+        sizes = df[c].astype(str).value_counts()
+        if 2 <= len(sizes) < len(df) and sizes.mean() >= 1.5 and sizes.max() >= 2:
+            notes.append(
+                f"group column '{c}' ({len(sizes):,} groups, {sizes.mean():.1f} rows each) → use grouped CV"
+            )
+            return c
+    return None

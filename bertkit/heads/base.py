@@ -16,6 +16,7 @@ from torch import nn
 
 from bertkit.config import HeadConfig, PoolingType
 from bertkit.errors import ConfigError
+from bertkit.heads.blocks import blocks_from_extra, intermediate_from_extra
 from bertkit.pooling import Pooler
 from bertkit.registry import Registry
 
@@ -113,6 +114,8 @@ class BaseHead(nn.Module):
         self.pooler: Pooler | None = None
         if config.pooling_type != PoolingType.NONE.value:
             self.pooler = Pooler(config.pooling_type, config.input_size, config.max_position_embeddings)
+        # optional task attention / FFN over the token states (extra keys, see blocks.py); None by default
+        self.token_blocks = blocks_from_extra(config.extra, config.input_size, config.dropout_prob)
         self.projection, self.projection_output_size = self._build_projection()
         self.dropout = nn.Dropout(config.dropout_prob)
         self._build_output_layer()
@@ -124,13 +127,22 @@ class BaseHead(nn.Module):
         """Number of logits for this head given its config (default: one per label)."""
         return config.num_labels
 
+    def _projection_input_size(self) -> int:
+        """Width of the pooled features entering the projection (default: ``input_size``)."""
+        return self.config.input_size
+
     def _build_projection(self) -> tuple[nn.Module, int]:
-        """Optional MLP ``[B, H] -> [B, hidden_sizes[-1]]`` before the output layer."""
+        """Optional intermediate projection (``extra["intermediate_size"]``) then MLP, before the output layer."""
         sizes = list(self.config.hidden_sizes)
-        if not sizes:
-            return nn.Identity(), self.config.input_size
+        width = self._projection_input_size()
         layers: list[nn.Module] = []
-        width = self.config.input_size
+        act = _ACTIVATIONS[self.config.activation]
+        intermediate = intermediate_from_extra(self.config.extra, width, act, self.config.dropout_prob)
+        if intermediate is not None:  # [B, H] -> [B, I]
+            layers.append(intermediate)
+            width = intermediate.linear.out_features
+        if not layers and not sizes:
+            return nn.Identity(), width
         for size in sizes:
             layers += [nn.Linear(width, size), _ACTIVATIONS[self.config.activation](), nn.Dropout(self.config.dropout_prob)]
             width = size
@@ -148,7 +160,10 @@ class BaseHead(nn.Module):
     def _unpack(
         self, hidden_states: Any, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Accept BertOutput, a dict, ``[B, T, H]`` or pooled ``[B, H]``; return (states, mask, pooler_output)."""
+        """Accept BertOutput, a dict, ``[B, T, H]`` or pooled ``[B, H]``; return (states, mask, pooler_output).
+
+        Token states ``[B, T, H]`` go through the optional token block stack (``self.token_blocks``).
+        """
         pooler_output = None
         if hasattr(hidden_states, "last_hidden_state"):
             attention_mask = hidden_states.attention_mask if attention_mask is None else attention_mask
@@ -167,6 +182,8 @@ class BaseHead(nn.Module):
                 f"{type(self).__name__} was built for input_size={self.config.input_size} but got states of "
                 f"width {hidden_states.size(-1)}; set head input_size to the encoder's hidden_size"
             )
+        if self.token_blocks is not None and hidden_states.dim() == 3:
+            hidden_states = self.token_blocks(hidden_states, attention_mask)  # [B, T, H]
         return hidden_states, attention_mask, pooler_output
 
     def _apply_pooling(self, hidden_states: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
