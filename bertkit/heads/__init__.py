@@ -1,6 +1,7 @@
 """Built-in heads. Every module is imported explicitly so registration never depends on import order."""
 
 from bertkit.heads import classification, regression  # noqa: F401  (registers the built-in heads)
+from bertkit.heads import qa, relation, span, token  # noqa: F401  (token-level and relation heads)
 from bertkit.heads import sequence  # noqa: F401,E402  (timeseries heads)
 from bertkit.heads.base import (
     HEADS,

@@ -26,7 +26,14 @@ FFN_TYPES = ("mlp", "glu", "geglu", "swiglu")
 NORM_TYPES = ("layer_norm", "rms_norm", "band_rms", "zero_centered_rms_norm", "none")
 
 #: ``HeadConfig.extra`` keys read by :func:`blocks_from_extra` / :func:`intermediate_from_extra`.
-BLOCK_EXTRA_KEYS = ("task_attention", "attention_heads", "ffn", "ffn_expansion_factor", "norm", "intermediate_size")
+BLOCK_EXTRA_KEYS = (
+    "task_attention",
+    "attention_heads",
+    "ffn",
+    "ffn_expansion_factor",
+    "norm",
+    "intermediate_size",
+)
 
 
 # ------------------------------------------------------------------ normalisation
@@ -144,7 +151,9 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 def _check_heads(dim: int, num_heads: int, multiple: int = 1) -> None:
     if num_heads < 1 or dim % num_heads or (dim // num_heads) % multiple:
         need = f" and an even head width ({dim}/{num_heads})" if multiple > 1 else ""
-        raise ConfigError(f"attention_heads={num_heads} must divide the width {dim}{need}; pick another count")
+        raise ConfigError(
+            f"attention_heads={num_heads} must divide the width {dim}{need}; pick another count"
+        )
 
 
 # -------------------------------------------------------------------- attention
@@ -158,7 +167,9 @@ class MultiHeadTaskAttention(nn.Module):
         norm: pre-normalisation kind (see :func:`build_norm`).
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.0, norm: str | None = "layer_norm") -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 4, dropout: float = 0.0, norm: str | None = "layer_norm"
+    ) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
@@ -195,7 +206,12 @@ class CBAMAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, reduction: int = 4, kernel_size: int = 7, dropout: float = 0.0, norm: str | None = "layer_norm"
+        self,
+        dim: int,
+        reduction: int = 4,
+        kernel_size: int = 7,
+        dropout: float = 0.0,
+        norm: str | None = "layer_norm",
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
@@ -271,7 +287,9 @@ class DifferentialAttention(nn.Module):
         k1, k2 = k.chunk(2, dim=-1)
         km = _key_mask(m)
         p = self.dropout if self.training else 0.0
-        a1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=km, dropout_p=p)  # [B, nh, T, d], 1/sqrt(d/2)
+        a1 = F.scaled_dot_product_attention(
+            q1, k1, v, attn_mask=km, dropout_p=p
+        )  # [B, nh, T, d], 1/sqrt(d/2)
         a2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=km, dropout_p=p)
         lam = self.lambda_value().to(a1.dtype)
         heads = self.head_norm(a1 - lam * a2) * (1.0 - self.lambda_init)  # [B, nh, T, d]
@@ -317,7 +335,12 @@ class FeedForward(nn.Module):
     _GATES = {"glu": torch.sigmoid, "geglu": F.gelu, "swiglu": F.silu}
 
     def __init__(
-        self, kind: str, dim: int, expansion_factor: float = 4.0, dropout: float = 0.0, out_dim: int | None = None
+        self,
+        kind: str,
+        dim: int,
+        expansion_factor: float = 4.0,
+        dropout: float = 0.0,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.kind = check_choice("ffn", kind, FFN_TYPES)

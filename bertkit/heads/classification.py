@@ -103,23 +103,21 @@ class BinaryClassificationHead(BaseHead):
 
     def fit_postprocessing(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
         """Temperature scaling: one scalar T minimising validation NLL of sigmoid(logit / T)."""
-        logit = torch.tensor(self._logit_np(outputs), dtype=torch.float64)
-        y = torch.tensor(targets, dtype=torch.float64).view_as(logit)
-        if logit.numel() < 10 or y.min() == y.max():
+        from scipy.optimize import minimize_scalar
+
+        logit = self._logit_np(outputs).astype(np.float64)
+        y = np.asarray(targets, dtype=np.float64).reshape(logit.shape)
+        if logit.size < 10 or y.min() == y.max():
             return {}
-        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(logit / log_t.exp(), y)
-            loss.backward()
-            return loss
+        def nll(log_t: float) -> float:
+            z = logit / np.exp(log_t)
+            return float(np.mean(np.logaddexp(0.0, z) - y * z))  # BCE with logits
 
-        opt.step(closure)
-        t = float(log_t.exp().clamp(0.05, 20.0))
-        before = metrics.expected_calibration_error(targets.astype(int), torch.sigmoid(logit).numpy())
-        after = metrics.expected_calibration_error(targets.astype(int), torch.sigmoid(logit / t).numpy())
+        res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
+        t = float(np.exp(res.x)) if res.fun < nll(0.0) else 1.0
+        before = metrics.expected_calibration_error(targets.astype(int), _sigmoid_np(logit))
+        after = metrics.expected_calibration_error(targets.astype(int), _sigmoid_np(logit / t))
         self.temperature.fill_(t)
         return {"temperature": t, "ece_before": before, "ece_after": after}
 

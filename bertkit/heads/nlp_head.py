@@ -115,7 +115,9 @@ class NLPTaskConfig:
         if self.num_classes is None:
             self.num_classes = 1 if self.task_type.value in _ONE_OUTPUT_TASKS else 2
         if self.use_crf and self.task_type.value not in _TOKEN_TASKS:
-            raise ConfigError(f"use_crf applies to token classification tasks only, not '{self.task_type.value}'")
+            raise ConfigError(
+                f"use_crf applies to token classification tasks only, not '{self.task_type.value}'"
+            )
 
 
 def _resolve_options(preset: str | None, explicit: dict[str, Any]) -> dict[str, Any]:

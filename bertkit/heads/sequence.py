@@ -67,7 +67,9 @@ def group_sequences(
     """
     n = embeddings.size(0)
     if len(group_ids) != n or len(times) != n:
-        raise DataError(f"group_ids ({len(group_ids)}) and times ({len(times)}) need one value per embedding ({n})")
+        raise DataError(
+            f"group_ids ({len(group_ids)}) and times ({len(times)}) need one value per embedding ({n})"
+        )
     groups: dict[Any, list[int]] = {}
     for i, g in enumerate(group_ids):
         groups.setdefault(g, []).append(i)
@@ -105,7 +107,9 @@ class _RecurrentHead(BaseHead):
         self.rnn_hidden = int(extra.get("rnn_hidden", 128))
         self.rnn_layers = int(extra.get("rnn_layers", 1))
         if self.rnn_hidden < 1 or self.rnn_layers < 1:
-            raise ConfigError(f"rnn_hidden and rnn_layers must be >= 1, got {self.rnn_hidden}, {self.rnn_layers}")
+            raise ConfigError(
+                f"rnn_hidden and rnn_layers must be >= 1, got {self.rnn_hidden}, {self.rnn_layers}"
+            )
         rnn_cls = nn.LSTM if self.rnn_type == "lstm" else nn.GRU
         self.rnn = rnn_cls(
             self.config.input_size,
@@ -144,7 +148,9 @@ class _RecurrentHead(BaseHead):
         # move the real positions to the front, keeping their order (left padding -> right padding)
         order = torch.argsort((~m).to(torch.int8), dim=1, stable=True)  # [B, T]
         states = states.gather(1, order.unsqueeze(-1).expand_as(states))  # [B, T, H]
-        packed = pack_padded_sequence(states, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            states, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
         _, h_n = self.rnn(packed)
         if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
             h_n = h_n[0]
@@ -211,7 +217,10 @@ class TimeSeriesRegressionHead(_RecurrentHead):
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
-        return {"num_labels": 1, "extra": {"rnn": "gru", "bidirectional": False, "rnn_hidden": 16, "horizon": 3}}
+        return {
+            "num_labels": 1,
+            "extra": {"rnn": "gru", "bidirectional": False, "rnn_hidden": 16, "horizon": 3},
+        }
 
     def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
         return torch.randn(batch_size, self.horizon, generator=generator)

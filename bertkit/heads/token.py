@@ -143,17 +143,25 @@ class TokenClassificationHead(BaseHead):
         w = self.class_weight if self.class_weight.numel() else None
         if self.loss_type == "focal":
             return losses.focal_loss_multiclass(
-                logits, targets, gamma=self.config.focal_gamma, class_weights=w,
+                logits,
+                targets,
+                gamma=self.config.focal_gamma,
+                class_weights=w,
                 label_smoothing=self.config.label_smoothing,
             )
         if not (targets != IGNORE_INDEX).any():
             return logits.sum() * 0.0
         return F.cross_entropy(
-            logits.transpose(1, 2), targets, weight=w, ignore_index=IGNORE_INDEX,
+            logits.transpose(1, 2),
+            targets,
+            weight=w,
+            ignore_index=IGNORE_INDEX,
             label_smoothing=self.config.label_smoothing,
         )
 
-    def aligned_tags(self, predictions: np.ndarray, targets: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+    def aligned_tags(
+        self, predictions: np.ndarray, targets: np.ndarray
+    ) -> tuple[list[list[str]], list[list[str]]]:
         """Gold and predicted tag sequences over the labelled (``targets != -100``) positions of each row."""
         names = self.label_names()
         gold: list[list[str]] = []
@@ -172,7 +180,9 @@ class TokenClassificationHead(BaseHead):
         out = {k: float(res[k]) for k in ("f1", "precision", "recall")}  # type: ignore[arg-type]
         total = sum(len(g) for g in gold)
         out["token_accuracy"] = (
-            float(sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p)) / total) if total else float("nan")
+            float(sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p)) / total)
+            if total
+            else float("nan")
         )
         for name, row in res["report"].items():  # type: ignore[union-attr]
             out[f"{name}_f1"] = row["f1"]

@@ -111,7 +111,9 @@ def align_labels(
     if capacity < 1:
         raise ConfigError(f"max_length={max_length} leaves no room for tokens after the special tokens")
     if not 0 <= stride < capacity:
-        raise ConfigError(f"stride={stride} must be >= 0 and smaller than the window content ({capacity} tokens)")
+        raise ConfigError(
+            f"stride={stride} must be >= 0 and smaller than the window content ({capacity} tokens)"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     out: list[dict[str, Any]] = []
@@ -144,7 +146,9 @@ def align_labels(
             row = {
                 "input_ids": prefix + ids[a:b] + suffix,
                 "labels": [IGNORE_INDEX] * len(prefix) + labels_core + [IGNORE_INDEX] * len(suffix),
-                "word_ids": [None] * len(prefix) + [w if w >= 0 else None for w in wids[a:b]] + [None] * len(suffix),
+                "word_ids": [None] * len(prefix)
+                + [w if w >= 0 else None for w in wids[a:b]]
+                + [None] * len(suffix),
                 "word_mask": [0] * len(prefix) + marks + [0] * len(suffix),
             }
             row["attention_mask"] = [1] * len(row["input_ids"])
@@ -157,8 +161,14 @@ def align_labels(
     return out
 
 
-_PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX,
-               "word_ids": None, "word_mask": 0}
+_PAD_VALUES = {
+    "input_ids": None,
+    "attention_mask": 0,
+    "token_type_ids": 0,
+    "labels": IGNORE_INDEX,
+    "word_ids": None,
+    "word_mask": 0,
+}
 
 
 def _pad(row: dict[str, Any], length: int, pad_id: int, side: str) -> None:

@@ -170,8 +170,11 @@ def read_conll(path: str | os.PathLike[str], scheme: str = "BIO") -> list[NerDoc
             validate_tags(tags, scheme, [f"{path}:{n}" for n, _ in rows])
         text, offsets = _join(tokens)
         ents = _entities_from_tags(tags, offsets) if tags else []
-        docs.append(NerDocument(tokens, tags, text, offsets, ents, str(path), rows[0][0], "conll", cols, sep,
-                                docstart))
+        docs.append(
+            NerDocument(
+                tokens, tags, text, offsets, ents, str(path), rows[0][0], "conll", cols, sep, docstart
+            )
+        )
         rows, docstart = [], None
 
     for n, raw in enumerate(_read_lines(path), start=1):
@@ -195,12 +198,16 @@ def read_conll(path: str | os.PathLike[str], scheme: str = "BIO") -> list[NerDoc
         rows.append((n, cols))
     flush()
     if not docs:
-        raise DataError(f"{path} has no tokens; expected 'token ... TAG' lines with blank lines between sentences")
+        raise DataError(
+            f"{path} has no tokens; expected 'token ... TAG' lines with blank lines between sentences"
+        )
     return docs
 
 
 def write_conll(
-    path: str | os.PathLike[str], docs: Sequence[NerDocument], predictions: Sequence[Sequence[str]] | None = None,
+    path: str | os.PathLike[str],
+    docs: Sequence[NerDocument],
+    predictions: Sequence[Sequence[str]] | None = None,
     append_column: bool = False,
 ) -> None:
     """Write sentences as CoNLL columns (the input layout, ``-DOCSTART-`` lines included).
@@ -218,7 +225,9 @@ def write_conll(
             out += [doc.docstart, ""]
         pred = None if predictions is None else list(predictions[i])
         if pred is not None and len(pred) != len(doc.tokens):
-            raise DataError(f"prediction {i} has {len(pred)} tags for {len(doc.tokens)} tokens ({doc.source}:{doc.line})")
+            raise DataError(
+                f"prediction {i} has {len(pred)} tags for {len(doc.tokens)} tokens ({doc.source}:{doc.line})"
+            )
         for k, tok in enumerate(doc.tokens):
             cols = list(doc.columns[k]) if doc.columns else [tok] + ([doc.tags[k]] if doc.tags else [])
             if pred is not None:
@@ -251,7 +260,7 @@ def _parse_entity(raw: Any, text: str, where: str) -> Entity:
         raise DataError(f"{where}: entity {raw!r} needs start, end and label (or fragments and label)")
     label = raw.get("label", raw.get("type"))
     if not isinstance(label, str) or not label:
-        raise DataError(f"{where}: entity {raw!r} has no label; add \"label\": \"PER\" (for example)")
+        raise DataError(f'{where}: entity {raw!r} has no label; add "label": "PER" (for example)')
     frags = raw.get("fragments") or [[raw["start"], raw["end"]]]
     out = []
     for frag in frags:
@@ -264,11 +273,15 @@ def _parse_entity(raw: Any, text: str, where: str) -> Entity:
         out.append((s, e))
     if "text" in raw and len(out) == 1 and text[out[0][0] : out[0][1]] != raw["text"]:
         s, e = out[0]
-        raise DataError(f"{where}: entity text {raw['text']!r} does not match the text at [{s}, {e}): {text[s:e]!r}")
+        raise DataError(
+            f"{where}: entity text {raw['text']!r} does not match the text at [{s}, {e}): {text[s:e]!r}"
+        )
     return Entity(label, sorted(out))
 
 
-def read_ner_jsonl(path: str | os.PathLike[str], scheme: str = "BIO", allow_nested: bool = False) -> list[NerDocument]:
+def read_ner_jsonl(
+    path: str | os.PathLike[str], scheme: str = "BIO", allow_nested: bool = False
+) -> list[NerDocument]:
     """Read NER JSONL: records with ``tokens`` + ``tags``, or raw ``text`` + character-offset ``entities``.
 
     Args:
@@ -354,7 +367,9 @@ def _spans_record(
 
 
 def write_ner_jsonl(
-    path: str | os.PathLike[str], docs: Sequence[NerDocument], predictions: Sequence[Sequence[str]] | None = None
+    path: str | os.PathLike[str],
+    docs: Sequence[NerDocument],
+    predictions: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """Write documents as JSONL in their input layout, with predicted tags when given.
 
@@ -365,7 +380,9 @@ def write_ner_jsonl(
     for i, doc in enumerate(docs):
         tags = doc.tags if predictions is None else list(predictions[i])
         if tags is not None and len(tags) != len(doc.tokens):
-            raise DataError(f"prediction {i} has {len(tags)} tags for {len(doc.tokens)} tokens ({doc.source}:{doc.line})")
+            raise DataError(
+                f"prediction {i} has {len(tags)} tags for {len(doc.tokens)} tokens ({doc.source}:{doc.line})"
+            )
         if doc.fmt == "jsonl_spans":
             ents = doc.entities if predictions is None else _entities_from_tags(tags or [], doc.offsets)
             rec = {**doc.meta, "text": doc.text, "entities": [_entity_json(e, doc.text) for e in ents]}
@@ -382,7 +399,9 @@ def _entity_json(e: Entity, text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-def read_ner(path: str | os.PathLike[str], scheme: str = "BIO", allow_nested: bool = False) -> list[NerDocument]:
+def read_ner(
+    path: str | os.PathLike[str], scheme: str = "BIO", allow_nested: bool = False
+) -> list[NerDocument]:
     """Read a CoNLL file or NER JSONL by extension (``.jsonl``/``.json`` are JSONL, the rest CoNLL)."""
     if Path(path).suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return read_ner_jsonl(path, scheme, allow_nested)
@@ -390,7 +409,9 @@ def read_ner(path: str | os.PathLike[str], scheme: str = "BIO", allow_nested: bo
 
 
 def write_ner(
-    path: str | os.PathLike[str], docs: Sequence[NerDocument], predictions: Sequence[Sequence[str]] | None = None
+    path: str | os.PathLike[str],
+    docs: Sequence[NerDocument],
+    predictions: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """Write predictions in the format the documents were read from (CoNLL columns or JSONL)."""
     if docs and docs[0].fmt == "conll":

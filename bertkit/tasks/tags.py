@@ -70,10 +70,14 @@ def validate_tags(
             opens = prev_p in ("B", "I")
             continues = p in ("I", "E")
             if continues and not (opens and prev_t == t):
-                raise DataError(f"{loc(i)}tag '{tag}' cannot follow '{prev_p}{'-' + prev_t if prev_t else ''}'"
-                                f" in {scheme}; an entity must start with B-")
+                raise DataError(
+                    f"{loc(i)}tag '{tag}' cannot follow '{prev_p}{'-' + prev_t if prev_t else ''}'"
+                    f" in {scheme}; an entity must start with B-"
+                )
             if scheme == "BIOES" and opens and not continues:
-                raise DataError(f"{loc(i)}tag '{tag}' follows an unfinished entity; BIOES entities end with E-")
+                raise DataError(
+                    f"{loc(i)}tag '{tag}' follows an unfinished entity; BIOES entities end with E-"
+                )
         prev_p, prev_t = p, t
     if check_transitions and scheme == "BIOES" and prev_p in ("B", "I"):
         raise DataError(f"{loc(len(tags) - 1)}the sentence ends inside an entity; BIOES entities end with E-")

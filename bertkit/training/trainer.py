@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 
 from bertkit.config import TrainingConfig
-from bertkit.data.samplers import LengthBucketBatchSampler, sorted_inference_batches
+from bertkit.data.samplers import LengthBucketBatchSampler
 from bertkit.data.tokenize import Collator, TokenizedDataset
 from bertkit.errors import BertkitError, ConfigError
 from bertkit.fileio import write_with_atomic
+from bertkit.inference.batched import predict_outputs
 from bertkit.model import BertWithHead
 from bertkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bertkit.training.optim import WarmupSchedule, build_optimizer, warmup_steps_for
@@ -49,19 +50,6 @@ class TrainResult:
     train_tokens_per_second: float
     global_step: int
     postprocessing: dict[str, float] = field(default_factory=dict)
-
-
-def concat_outputs(chunks: list[np.ndarray], pad_value: float = 0.0) -> np.ndarray:
-    """Concatenate per-batch arrays along axis 0, right-padding axis 1 when widths differ (token outputs)."""
-    if not chunks:
-        return np.zeros((0,))
-    if chunks[0].ndim >= 2 and len({c.shape[1] for c in chunks}) > 1:
-        width = max(c.shape[1] for c in chunks)
-        chunks = [
-            np.pad(c, [(0, 0), (0, width - c.shape[1])] + [(0, 0)] * (c.ndim - 2), constant_values=pad_value)
-            for c in chunks
-        ]
-    return np.concatenate(chunks, axis=0)
 
 
 class Trainer:
@@ -153,34 +141,12 @@ class Trainer:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
     # ------------------------------------------------------------- inference
-    @torch.no_grad()
     def predict(self, dataset: TokenizedDataset, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Outputs over ``dataset`` in its original order (length-sorted batches inside), plus ``loss``."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        batches = sorted_inference_batches(dataset.lengths, batch_size or self.config.eval_batch_size)
-        chunks: dict[str, list[np.ndarray]] = {}
-        loss_sum, n_loss = 0.0, 0
-        for idx in batches:
-            batch = self._to_device(self.collator([dataset[i] for i in idx]))
-            with self.accelerator.autocast():
-                out = model(**batch)
-                if "labels" in batch:
-                    loss_sum += float(model.head.compute_loss(out, batch["labels"])) * len(idx)
-                    n_loss += len(idx)
-            for key, value in out.items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(idx):
-                    arr = value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
-                    chunks.setdefault(key, []).append(arr)
-        order = np.concatenate([np.asarray(i, dtype=np.int64) for i in batches]) if batches else np.zeros(0, int)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        outputs = {k: concat_outputs(v)[inverse] for k, v in chunks.items()}
-        if n_loss:
-            outputs["loss"] = np.asarray(loss_sum / n_loss)
-        model.train(was_training)
-        return outputs
+        return predict_outputs(
+            self.model, dataset, self.collator, batch_size or self.config.eval_batch_size,
+            self.accelerator.device, self.accelerator.autocast,
+        )
 
     def evaluate(self, dataset: TokenizedDataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Loss and the head's metrics on a labelled dataset; also returns the raw outputs."""
