@@ -228,7 +228,7 @@ class SpanClassificationHead(BaseHead):
             keep = np.flatnonzero((pred[b] != self.null_index) & (outputs["span_mask"][b] > 0))
             parent = list(range(len(keep)))
             if link is not None and self.use_linking:
-                prob = 1.0 / (1.0 + np.exp(-link[b][np.ix_(keep, keep)]))
+                prob = 1.0 / (1.0 + np.exp(-np.clip(link[b][np.ix_(keep, keep)], -60.0, 60.0)))
                 for i in range(len(keep)):
                     for j in range(i + 1, len(keep)):
                         if (

@@ -220,12 +220,14 @@ def merge_window_predictions(
             continue
         lo, hi = real[0], real[-1]
         groups: dict[int, list[int]] = {}
+        last: dict[int, int] = {}
         for i, (w, m) in enumerate(zip(win["word_ids"], win["word_mask"])):
-            if w is not None and m:
-                groups.setdefault(int(w), []).append(i)
+            if w is not None:
+                last[int(w)] = i
+                if m:
+                    groups.setdefault(int(w), []).append(i)
         for w, positions in groups.items():
-            first = positions[0]
-            context = min(first - lo, hi - first)
+            context = min(positions[0] - lo, hi - last[w])  # whole-word distance to the window edges
             cur = best[win["doc_index"]][w]
             if cur is None or context > cur[0]:
                 tags = [id2label[int(pred[i])] for i in positions]

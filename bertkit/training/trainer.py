@@ -256,7 +256,7 @@ class Trainer:
                         last_val, stop = self._evaluate_and_track(val_dataset, state, metric_name, greater)
                     progress.set_postfix(
                         loss=f"{float(loss.detach()):.4f}",
-                        **({metric_name: f"{last_val[metric_name]:.4f}"} if metric_name in last_val else {}),
+                        **({f"val_{metric_name}": f"{last_val[metric_name]:.4f}"} if metric_name in last_val else {}),
                         samples_per_s=f"{state['samples_seen'] / max(state['train_seconds'], 1e-9):.1f}",
                         refresh=False,
                     )
