@@ -145,12 +145,11 @@ def analyze(
     _quiet_libraries()
 
     def body() -> None:
-        from bertkit.data import analyze_dataset
-        from bertkit.model import load_tokenizer
+        from bertkit.runners import runner_for
 
-        overrides = _data_overrides(text_column, text_columns, label_column, id_column, task)
-        overrides = {("task" if k == "task" else k): v for k, v in overrides.items()}
-        profile = analyze_dataset(data, load_tokenizer(backbone), **overrides)
+        cfg = _run_config("default", None, None, _data_overrides(text_column, text_columns, label_column,
+                                                                 id_column, task), {"backbone": backbone}, {})
+        profile = runner_for(data, cfg.data.task).analyze(data, cfg)
         typer.echo(json.dumps(profile.to_dict(), indent=2) if as_json else profile.summary())
 
     _guard(body)
@@ -167,7 +166,7 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
     valid: Annotated[Path | None, typer.Option(help="Validation file (default: split from DATA).")] = None,
     test: Annotated[Path | None, typer.Option(help="Labelled or unlabelled test file to score/predict.")] = None,
-    task: Annotated[str, typer.Option(help="auto|binary|multiclass|multilabel|regression|ordinal")] = "auto",
+    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")] = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
@@ -194,7 +193,7 @@ def train(
     _quiet_libraries()
 
     def body() -> None:
-        from bertkit.training.run import train_run
+        from bertkit.runners import runner_for
 
         data_o = _data_overrides(text_column, text_columns, label_column, id_column, task)
         if max_train_samples is not None:
@@ -203,8 +202,8 @@ def train(
             data_o["strict"] = True
         cfg = _run_config(preset, config, set_, data_o, {"backbone": backbone, "head": head, "pooling": pooling},
                           _training_options(epochs, batch_size, lr, max_length, seed))
-        result = train_run(data, output, cfg, valid_path=valid, test_path=test, resume=resume)
-        _print_metrics(f"bertkit train → {output}", result.metrics)
+        metrics = runner_for(data, cfg.data.task).train(data, output, cfg, valid=valid, test=test, resume=resume)
+        _print_metrics(f"bertkit train → {output}", metrics)
         typer.echo(f"model: {output / 'model'}   report: {output / 'report.html'}")
 
     _guard(body)
@@ -217,7 +216,7 @@ def cv(
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     group_column: Annotated[str | None, typer.Option(help="GroupKFold on this column.")] = None,
     test: Annotated[Path | None, typer.Option(help="Test file: predictions averaged over folds.")] = None,
-    task: Annotated[str, typer.Option(help="auto|binary|multiclass|multilabel|regression|ordinal")] = "auto",
+    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")] = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
@@ -242,16 +241,19 @@ def cv(
     _quiet_libraries()
 
     def body() -> None:
-        from bertkit.training.cv import cross_validate
+        from bertkit.runners import runner_for
 
         data_o = _data_overrides(text_column, text_columns, label_column, id_column, task, group_column)
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
         cfg = _run_config(preset, config, set_, data_o, {"backbone": backbone, "head": head, "pooling": pooling},
                           _training_options(epochs, batch_size, lr, max_length, seed))
-        metrics = cross_validate(data, output, cfg, folds=folds, group_column=group_column, test_path=test)
-        shown = {"oof": metrics["oof"], "mean": {k: v["mean"] for k, v in metrics["fold_summary"].items()},
-                 "std": {k: v["std"] for k, v in metrics["fold_summary"].items()}}
+        metrics = runner_for(data, cfg.data.task).cross_validate(
+            data, output, cfg, folds=folds, group_column=group_column, test=test
+        )
+        summary = metrics.get("fold_summary", {})
+        shown = {"oof": metrics.get("oof", {}), "mean": {k: v["mean"] for k, v in summary.items()},
+                 "std": {k: v["std"] for k, v in summary.items()}}
         _print_metrics(f"bertkit cv ({folds} folds) → {output}", shown)
         typer.echo(f"oof: {output / 'oof.csv'}")
 
@@ -273,9 +275,9 @@ def evaluate(
 
     def body() -> None:
         from bertkit.fileio import write_json_atomic
-        from bertkit.inference import load_predictor
+        from bertkit.runners import runner_for_model
 
-        metrics = load_predictor(model_dir, batch_size=batch_size).evaluate(data)
+        metrics = runner_for_model(model_dir).evaluate(model_dir, data, batch_size=batch_size)
         _print_metrics(f"bertkit evaluate {data}", {"metrics": metrics})
         target = output or (model_dir / "evaluation.json" if (model_dir / "metrics.json").is_file() else None)
         if target:
@@ -301,12 +303,11 @@ def predict(
     _quiet_libraries()
 
     def body() -> None:
-        from bertkit.fileio import write_with_atomic
-        from bertkit.inference import load_predictor
+        from bertkit.runners import runner_for_model
 
-        frame = load_predictor(model_dir, batch_size=batch_size).predict_frame(data, proba=proba, id_column=id_column)
-        write_with_atomic(output, lambda p: frame.to_csv(p, index=False))
-        typer.echo(f"wrote {len(frame)} rows to {output}")
+        written = runner_for_model(model_dir).predict(model_dir, data, output, id_column=id_column, proba=proba,
+                                                      batch_size=batch_size)
+        typer.echo(f"wrote {written}")
 
     _guard(body)
 

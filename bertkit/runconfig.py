@@ -19,7 +19,6 @@ import yaml
 from bertkit.config import ConfigBase, TrainingConfig, check_choice
 from bertkit.errors import ConfigError
 
-TASK_CHOICES = ("auto", "binary", "multiclass", "multilabel", "regression", "ordinal")
 PRESETS = ("quick", "default", "competition")
 
 
@@ -28,7 +27,7 @@ class DataConfig(ConfigBase):
     """Which columns hold what, and how rows are chosen (every guess of ``analyze`` can be overridden).
 
     Attributes:
-        task: "auto" or a task name (see ``TASK_CHOICES``).
+        task: "auto" or a task served by a registered runner (``bertkit.runners.known_tasks()``).
         text_column / text_columns: the text, or two columns for pairs (several for template serialisation).
         label_column / label_columns: the target, or several 0/1 columns (multilabel).
         id_column: carried into predictions and oof.csv.
@@ -54,7 +53,9 @@ class DataConfig(ConfigBase):
     strict: bool = False
 
     def __post_init__(self) -> None:
-        self.task = check_choice("data.task", self.task, TASK_CHOICES)
+        from bertkit.runners import known_tasks
+
+        self.task = check_choice("data.task", self.task, known_tasks())
         if not 0.0 < self.valid_fraction < 0.9:
             raise ConfigError(f"data.valid_fraction must be in (0, 0.9), got {self.valid_fraction}")
         if self.max_train_samples is not None and self.max_train_samples < 2:
@@ -65,7 +66,7 @@ class DataConfig(ConfigBase):
         keys = ("text_column", "text_columns", "label_column", "label_columns", "id_column", "group_column",
                 "template", "multilabel_delimiter")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if self.task != "auto":
+        if self.task in ("binary", "multiclass", "multilabel", "regression", "ordinal"):
             out["task"] = self.task
         return out
 

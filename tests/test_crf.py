@@ -16,7 +16,9 @@ from bertkit.heads.token import TokenClassificationHead
 BIO3 = ["O", "B-PER", "I-PER"]
 
 
-def _brute(crf: CRF, emissions: torch.Tensor, constrained: bool) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+def _brute(
+    crf: CRF, emissions: torch.Tensor, constrained: bool
+) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
     """Scores of every tag path of one sequence ``[L, C]`` and the paths (invalid ones dropped)."""
     length, c = emissions.shape
     trans, start, end = crf.transitions, crf.start_transitions, crf.end_transitions

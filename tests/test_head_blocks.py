@@ -185,7 +185,7 @@ def test_token_block_stack_masking(left: bool) -> None:
 TASK = NLPTaskConfig("sentiment", NLPTaskType.SENTIMENT_ANALYSIS, num_classes=3, dropout_rate=0.1)
 
 
-def test_create_nlp_head_maps_to_registered_head_and_extra() -> None:
+def test_create_nlp_head_maps_to_registered_head_and_extra(tokenizer: Any) -> None:
     head = create_nlp_head(
         TASK,
         32,
@@ -204,7 +204,9 @@ def test_create_nlp_head_maps_to_registered_head_and_extra() -> None:
     assert extra["intermediate_size"] == 24 and head.projection_output_size == 24
     # the other spelling builds the same head from the same config
     model = create_bert_with_head(
-        bert_config=tiny_bert_config("bert"), head_config=nlp_head_config(TASK, 32, attention_type="cbam")
+        bert_config=tiny_bert_config("bert"),
+        head_config=nlp_head_config(TASK, 32, attention_type="cbam"),
+        tokenizer=tokenizer,
     )
     assert type(model.head) is MulticlassClassificationHead and model.head.token_blocks is not None
 

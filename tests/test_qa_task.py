@@ -15,15 +15,38 @@ from bertkit.heads.qa import QuestionAnsweringHead, best_spans
 from bertkit.metrics import squad_metrics
 from bertkit.tasks import qa
 
-CONTEXT = "The Panthers defense gave up just 308 points, ranking sixth in the league. Kawann Short led the team."
+CONTEXT = (
+    "The Panthers defense gave up just 308 points, ranking sixth in the league. Kawann Short led the team."
+)
 
 
 def _squad(tmp_path: Path, version: str = "2.0") -> Path:
-    data = {"version": version, "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": [
-        {"id": "q1", "question": "How many points?", "answers": [{"text": "308", "answer_start": 34}]},
-        {"id": "q2", "question": "Who led the team?", "answers": [{"text": "Kawann Short", "answer_start": 75}]},
-        {"id": "q3", "question": "Who won?", "answers": [], "is_impossible": True},
-    ]}]}]}
+    data = {
+        "version": version,
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": CONTEXT,
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "How many points?",
+                                "answers": [{"text": "308", "answer_start": 34}],
+                            },
+                            {
+                                "id": "q2",
+                                "question": "Who led the team?",
+                                "answers": [{"text": "Kawann Short", "answer_start": 75}],
+                            },
+                            {"id": "q3", "question": "Who won?", "answers": [], "is_impossible": True},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
     return path
@@ -47,15 +70,24 @@ def test_readers_and_answer_validation(tmp_path: Path) -> None:
     exs = qa.read_qa(_squad(tmp_path))
     assert [e.id for e in exs] == ["q1", "q2", "q3"] and exs[2].is_impossible and exs[2].answers == []
     assert exs[1].line > 1  # the line of the question id in the file
-    rows = [{"id": "a", "question": "How many points?", "context": CONTEXT,
-             "answers": {"text": ["308"], "answer_start": [34]}}]
+    rows = [
+        {
+            "id": "a",
+            "question": "How many points?",
+            "context": CONTEXT,
+            "answers": {"text": ["308"], "answer_start": [34]},
+        }
+    ]
     jl = tmp_path / "q.jsonl"
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     assert qa.read_qa(jl)[0].answer_texts == ["308"]
     rows.append({**rows[0], "id": "b", "answers": {"text": ["308"], "answer_start": [30]}})
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"q\.jsonl:2: question 'b': answer '308' does not match the context at "
-                                        r"answer_start=30"):
+    with pytest.raises(
+        DataError,
+        match=r"q\.jsonl:2: question 'b': answer '308' does not match the context at "
+        r"answer_start=30",
+    ):
         qa.read_squad_jsonl(jl)
     bad = json.loads(_squad(tmp_path).read_text())
     bad["data"][0]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = 70
@@ -93,17 +125,20 @@ def test_postprocessing_picks_span_and_respects_max_answer_length(tokenizer) -> 
     start, end = np.zeros((1, t)), np.zeros((1, t))
     s, e = feat["start_positions"], feat["end_positions"]
     start[0, s], end[0, e] = 4.0, 4.0
-    end[0, s + 8] = 6.0  # a longer span scores higher but exceeds max_answer_length=3
+    end[0, s + 5] = 6.0  # a longer span scores higher but exceeds max_answer_length=4 (tokens)
     start[0, 1] = end[0, 1] = 50.0  # question tokens are never answers
-    preds, nbest, _ = qa.postprocess_qa_predictions([ex], [feat], start, end, max_answer_length=3)
+    preds, nbest, _ = qa.postprocess_qa_predictions([ex], [feat], start, end, max_answer_length=4)
     assert preds["x"] == "Kawann Short"
     assert nbest["x"][0]["start"] == 75 and nbest["x"][0]["score"] == 8.0
-    assert best_spans(start[:, 2:], end[:, 2:], 3) == (np.array([s - 2]), np.array([e - 2]))
+    bs, be = best_spans(start[:, 2:], end[:, 2:], 4)
+    assert (int(bs[0]), int(be[0])) == (s - 2, e - 2)
 
 
 def test_null_threshold_tuning(tmp_path: Path) -> None:
-    exs = [qa.QAExample(str(i), "q", "ctx answer", [{"text": "answer", "answer_start": 4}] if i < 3 else [])
-           for i in range(5)]
+    exs = [
+        qa.QAExample(str(i), "q", "ctx answer", [{"text": "answer", "answer_start": 4}] if i < 3 else [])
+        for i in range(5)
+    ]
     preds = {str(i): "answer" for i in range(5)}
     diffs = {"0": -3.0, "1": -2.0, "2": 0.5, "3": 1.0, "4": 2.0}
     thr, scores = qa.tune_null_threshold(exs, preds, diffs)
@@ -116,10 +151,15 @@ def test_null_threshold_tuning(tmp_path: Path) -> None:
 
 def test_head_loss_targets_and_threshold_round_trip(tokenizer, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = create_bert_with_head(head_type="question_answering", bert_config=tiny_bert_config("bert"),
-                                  head_config=QuestionAnsweringHead.example_config(), tokenizer=tokenizer)
-    enc = tokenizer(["who is it", "a question"], ["some context here", "other context"], padding=True,
-                    return_tensors="pt")
+    model = create_bert_with_head(
+        head_type="question_answering",
+        bert_config=tiny_bert_config("bert"),
+        head_config=QuestionAnsweringHead.example_config(),
+        tokenizer=tokenizer,
+    ).eval()
+    enc = tokenizer(
+        ["who is it", "a question"], ["some context here", "other context"], padding=True, return_tensors="pt"
+    )
     as_dict = {"start_positions": torch.tensor([5, 0]), "end_positions": torch.tensor([6, 0])}
     out = model(**enc, labels=as_dict)
     out2 = model(**enc, labels=torch.tensor([[5, 6], [0, 0]]))
@@ -137,14 +177,22 @@ def test_squad_smoke(tokenizer) -> None:
     assert [e.id for e in qa.read_squad_json(folder / "train.json")[:10]] == [e.id for e in exs]
     feats = qa.prepare_qa_features(tokenizer, exs, max_length=128, doc_stride=32)
     torch.manual_seed(0)
-    model = create_bert_with_head(head_type="question_answering", bert_config=tiny_bert_config("bert"),
-                                  head_config={"num_labels": 2}, tokenizer=tokenizer)
-    batch = {k: torch.tensor([f[k] for f in feats]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    model = create_bert_with_head(
+        head_type="question_answering",
+        bert_config=tiny_bert_config("bert"),
+        head_config={"num_labels": 2},
+        tokenizer=tokenizer,
+    )
+    batch = {
+        k: torch.tensor([f[k] for f in feats]) for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     targets = {k: torch.tensor([f[k] for f in feats]) for k in ("start_positions", "end_positions")}
     with torch.no_grad():
         out = model(**batch, labels=targets)
     assert torch.isfinite(out["loss"])
-    preds, nbest, _ = qa.postprocess_qa_predictions(exs, feats, out["start_logits"].numpy(), out["end_logits"].numpy())
+    preds, nbest, _ = qa.postprocess_qa_predictions(
+        exs, feats, out["start_logits"].numpy(), out["end_logits"].numpy()
+    )
     assert set(preds) == {e.id for e in exs} and all(nbest[e.id] for e in exs)
     gold_start, gold_end = _hand_logits(feats, exs, set())
     gold_preds, _, _ = qa.postprocess_qa_predictions(exs, feats, gold_start, gold_end)

@@ -64,8 +64,11 @@ def test_conll_bad_inputs_name_file_and_line(tmp_path: Path) -> None:
 def test_jsonl_tokens_and_spans(tmp_path: Path) -> None:
     recs = [
         {"id": "a", "tokens": ["Peter", "Blackburn", "spoke"], "tags": ["B-PER", "I-PER", "O"]},
-        {"id": "b", "text": "Mr. Smith went to New York.", "entities": [{"start": 4, "end": 9, "label": "PER"},
-                                                                        [18, 26, "LOC"]]},
+        {
+            "id": "b",
+            "text": "Mr. Smith went to New York.",
+            "entities": [{"start": 4, "end": 9, "label": "PER"}, [18, 26, "LOC"]],
+        },
     ]
     src = _write(tmp_path, "in.jsonl", "\n".join(json.dumps(r) for r in recs) + "\n")
     docs = ner.read_ner(src)
@@ -79,8 +82,10 @@ def test_jsonl_tokens_and_spans(tmp_path: Path) -> None:
     preds = [["B-PER", "I-PER", "O"], ["O", "O", "B-PER", "O", "O", "B-LOC", "O", "O"]]
     ner.write_ner(tmp_path / "pred.jsonl", docs, preds)
     out = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
-    assert out[1]["entities"] == [{"start": 4, "end": 9, "label": "PER", "text": "Smith"},
-                                  {"start": 18, "end": 21, "label": "LOC", "text": "New"}]
+    assert out[1]["entities"] == [
+        {"start": 4, "end": 9, "label": "PER", "text": "Smith"},
+        {"start": 18, "end": 21, "label": "LOC", "text": "New"},
+    ]
     assert out[0]["id"] == "a" and out[0]["tags"] == preds[0]
 
 
@@ -129,19 +134,37 @@ def test_align_labels_first_and_all_subtokens(tokenizer) -> None:
     got = [(t, labels[lab]) for t, lab in zip(toks, win["labels"]) if lab != IGNORE_INDEX]
     assert got == [("super", "O"), ("blackburn", "B-PER"), ("visits", "O"), ("eu", "B-ORG")]
     assert sum(win["word_mask"]) == 4 and win["word_ids"][0] is None and win["word_ids"][2] == 0
-    (win_all,) = ner.align_labels(tokenizer, [["Blackburnite"]], [["B-PER"]], l2i, 64, 8, label_all_subtokens=True)
+    (win_all,) = ner.align_labels(
+        tokenizer, [["Blackburnite"]], [["B-PER"]], l2i, 64, 8, label_all_subtokens=True
+    )
     sub = [labels[x] for x in win_all["labels"] if x != IGNORE_INDEX]
     assert sub[0] == "B-PER" and set(sub[1:]) == {"I-PER"} and len(sub) > 1
-    merged = ner.merge_window_predictions([win_all], [win_all["labels"]], [1], labels, label_all_subtokens=True)
+    merged = ner.merge_window_predictions(
+        [win_all], [win_all["labels"]], [1], labels, label_all_subtokens=True
+    )
     assert merged == [["B-PER"]]
     padded = ner.align_labels(tokenizer, words, None, None, max_length=32, stride=4, padding=True)[0]
-    assert len(padded["input_ids"]) == 32 and padded["labels"][-1] == IGNORE_INDEX and padded["attention_mask"][-1] == 0
+    assert (
+        len(padded["input_ids"]) == 32
+        and padded["labels"][-1] == IGNORE_INDEX
+        and padded["attention_mask"][-1] == 0
+    )
 
 
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
 def test_sliding_windows_reconstruct_long_document(tokenizer, scheme: str) -> None:
     rng = np.random.default_rng(0)
-    vocab = ["alpha", "Blackburn", "unbelievable", "EU", "of", "the", "Rotterdam", "x", "supercalifragilistic"]
+    vocab = [
+        "alpha",
+        "Blackburn",
+        "unbelievable",
+        "EU",
+        "of",
+        "the",
+        "Rotterdam",
+        "x",
+        "supercalifragilistic",
+    ]
     words = [str(rng.choice(vocab)) for _ in range(300)]
     spans, i = [], 0
     while i < 295:
@@ -157,10 +180,14 @@ def test_sliding_windows_reconstruct_long_document(tokenizer, scheme: str) -> No
         seq = [labels[x] for x in w["labels"] if x != IGNORE_INDEX]
         ner.validate_tags(seq, scheme, "window", check_transitions=True)
     # padded rows with the gold labels as "predictions" merge back to the document's tags
-    preds = [np.pad(np.where(np.array(w["labels"]) < 0, 0, w["labels"]), (0, 40 - len(w["labels"]))) for w in wins]
+    preds = [
+        np.pad(np.where(np.array(w["labels"]) < 0, 0, w["labels"]), (0, 40 - len(w["labels"]))) for w in wins
+    ]
     assert ner.merge_window_predictions(wins, preds, [len(words)], labels, scheme=scheme) == [gold]
     left = [np.pad(np.where(np.array(w["labels"]) < 0, 0, w["labels"]), (7, 0)) for w in wins]
-    assert ner.merge_window_predictions(wins, left, [len(words)], labels, scheme=scheme, padding_side="left") == [gold]
+    assert ner.merge_window_predictions(
+        wins, left, [len(words)], labels, scheme=scheme, padding_side="left"
+    ) == [gold]
 
 
 # ----------------------------------------------------------------------------------------------- span head
@@ -173,9 +200,14 @@ def _span_head(linking: bool = True) -> SpanClassificationHead:
 
 
 def test_span_features_nested_and_discontiguous(tokenizer, tmp_path: Path) -> None:
-    rec = {"text": "Bank of China and its head office staff",
-           "entities": [{"start": 0, "end": 13, "label": "ORG"}, {"start": 8, "end": 13, "label": "LOC"},
-                        {"label": "PER", "fragments": [[22, 33], [34, 39]]}]}
+    rec = {
+        "text": "Bank of China and its head office staff",
+        "entities": [
+            {"start": 0, "end": 13, "label": "ORG"},
+            {"start": 8, "end": 13, "label": "LOC"},
+            {"label": "PER", "fragments": [[22, 33], [34, 39]]},
+        ],
+    }
     path = _write(tmp_path, "nested.jsonl", json.dumps(rec) + "\n")
     with pytest.raises(DataError, match="span_classification"):
         ner.read_ner_jsonl(path)
@@ -219,7 +251,10 @@ def test_span_head_trains_on_nested_spans_and_links_fragments(one_thread) -> Non
     np_out = {k: v.numpy() for k, v in out.items()}
     ents = head.decode_entities(np_out)[0]
     assert {(tuple(e["fragments"]), e["label"]) for e in ents} == {
-        (((0, 2),), "LOC"), (((2, 2),), "PER"), (((5, 6), (7, 7)), "PER")}
+        (((0, 2),), "LOC"),
+        (((2, 2),), "PER"),
+        (((5, 6), (7, 7)), "PER"),
+    }
     m = head.compute_metrics(np_out, targets.numpy())
     assert m["f1"] == 1.0 and m["entity_f1"] == 1.0
     merged = merge_span_predictions([{"word_ids": list(range(8)), "doc_index": 0}], [ents], 1)
@@ -240,16 +275,24 @@ def test_conll2003_smoke(tokenizer) -> None:
     docs = ner.read_conll(path)[:20]
     labels = label_list([d.tags for d in docs])
     l2i = {t: i for i, t in enumerate(labels)}
-    wins = ner.align_labels(tokenizer, [d.tokens for d in docs], [d.tags for d in docs], l2i, max_length=24, stride=6)
+    wins = ner.align_labels(
+        tokenizer, [d.tokens for d in docs], [d.tags for d in docs], l2i, max_length=24, stride=6
+    )
     torch.manual_seed(0)
     model = create_bert_with_head(
-        head_type="token_classification", bert_config=tiny_bert_config("bert"), tokenizer=tokenizer,
+        head_type="token_classification",
+        bert_config=tiny_bert_config("bert"),
+        tokenizer=tokenizer,
         head_config={"num_labels": len(labels), "label_names": labels, "extra": {"use_crf": True}},
     )
     width = max(len(w["input_ids"]) for w in wins)
-    batch = {k: torch.tensor([w[k] + [0 if k != "labels" else IGNORE_INDEX] * (width - len(w[k])) for w in wins])
-             for k in ("input_ids", "attention_mask", "labels", "word_mask")}
-    out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], word_mask=batch["word_mask"])
+    batch = {
+        k: torch.tensor([w[k] + [0 if k != "labels" else IGNORE_INDEX] * (width - len(w[k])) for w in wins])
+        for k in ("input_ids", "attention_mask", "labels", "word_mask")
+    }
+    out = model(
+        batch["input_ids"], batch["attention_mask"], labels=batch["labels"], word_mask=batch["word_mask"]
+    )
     assert torch.isfinite(out["loss"])
     np_out = {"predictions": out["predictions"].numpy()}
     assert 0.0 <= model.head.compute_metrics(np_out, batch["labels"].numpy())["f1"] <= 1.0

@@ -1,8 +1,15 @@
 """Built-in heads. Every module is imported explicitly so registration never depends on import order."""
 
-from bertkit.heads import classification, regression  # noqa: F401  (registers the built-in heads)
-from bertkit.heads import qa, relation, span, token  # noqa: F401  (token-level and relation heads)
-from bertkit.heads import sequence  # noqa: F401,E402  (timeseries heads)
+# every built-in head module, imported explicitly (registration never depends on import order)
+from bertkit.heads import (  # noqa: F401
+    classification,
+    qa,
+    regression,
+    relation,
+    sequence,
+    span,
+    token,
+)
 from bertkit.heads.base import (
     HEADS,
     BaseHead,
@@ -20,10 +27,34 @@ from bertkit.heads.classification import (
     MulticlassClassificationHead,
     MultilabelClassificationHead,
 )
+from bertkit.heads.nlp_head import (
+    NLP_HEAD_PRESETS,
+    NLPTaskConfig,
+    NLPTaskType,
+    create_nlp_head,
+    nlp_head_config,
+)
+from bertkit.heads.qa import QuestionAnsweringHead
 from bertkit.heads.regression import OrdinalRegressionHead, RegressionHead
+from bertkit.heads.relation import RelationExtractionHead, add_entity_markers
+from bertkit.heads.sequence import TimeSeriesClassificationHead, TimeSeriesRegressionHead
+from bertkit.heads.span import SpanClassificationHead
+from bertkit.heads.token import TokenClassificationHead
 
 __all__ = [
     "HEADS",
+    "NLP_HEAD_PRESETS",
+    "NLPTaskConfig",
+    "NLPTaskType",
+    "QuestionAnsweringHead",
+    "RelationExtractionHead",
+    "SpanClassificationHead",
+    "TimeSeriesClassificationHead",
+    "TimeSeriesRegressionHead",
+    "TokenClassificationHead",
+    "add_entity_markers",
+    "create_nlp_head",
+    "nlp_head_config",
     "BaseHead",
     "BinaryClassificationHead",
     "EnsembleClassificationHead",

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -332,7 +332,11 @@ class FeedForward(nn.Module):
         out_dim: output width (default H).
     """
 
-    _GATES = {"glu": torch.sigmoid, "geglu": F.gelu, "swiglu": F.silu}
+    _GATES: ClassVar[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+        "glu": torch.sigmoid,
+        "geglu": F.gelu,
+        "swiglu": F.silu,
+    }
 
     def __init__(
         self,
@@ -439,6 +443,13 @@ class IntermediateProjection(nn.Module):
         return self.drop(self.act(self.norm(self.linear(x))))
 
 
+def _optional(value: Any) -> str | None:
+    """None for an absent/false/"none" option, else the value as a string."""
+    if not value or str(getattr(value, "value", value)).lower() == "none":
+        return None
+    return str(getattr(value, "value", value))
+
+
 def _norm_from_extra(extra: dict[str, Any]) -> str:
     return check_choice("norm", extra.get("norm") or "layer_norm", NORM_TYPES)
 
@@ -450,8 +461,8 @@ def blocks_from_extra(extra: dict[str, Any], dim: int, dropout: float = 0.0) -> 
     ``ffn`` (``mlp``/``glu``/``geglu``/``swiglu``), ``ffn_expansion_factor`` (default 4), ``norm``
     (default ``layer_norm``).
     """
-    attention = extra.get("task_attention") or None
-    ffn = extra.get("ffn") or None
+    attention = _optional(extra.get("task_attention"))
+    ffn = _optional(extra.get("ffn"))
     if attention is None and ffn is None:
         return None
     return TokenBlockStack(

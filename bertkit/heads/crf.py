@@ -79,6 +79,10 @@ class CRF(nn.Module):
     saved with the model; the constraint masks are rebuilt from the tags and scheme.
     """
 
+    allowed: torch.Tensor
+    allowed_start: torch.Tensor
+    allowed_end: torch.Tensor
+
     def __init__(self, num_tags: int, tags: list[str] | None = None, scheme: str = "BIO") -> None:
         super().__init__()
         self.num_tags = num_tags

@@ -64,6 +64,7 @@ class QuestionAnsweringHead(BaseHead):
     task = "qa"
     level = "token"
     default_pooling = PoolingType.NONE.value
+    null_threshold: torch.Tensor
 
     def __init__(self, config: HeadConfig) -> None:
         config.pooling_type = PoolingType.NONE.value

@@ -61,6 +61,7 @@ class RelationExtractionHead(MulticlassClassificationHead):
 
     task = "multiclass"
     level = "sequence"
+    marker_ids: torch.Tensor
 
     def __init__(self, config: HeadConfig) -> None:
         ids = config.extra.get("marker_token_ids")

@@ -214,6 +214,8 @@ class TimeSeriesRegressionHead(_RecurrentHead):
 
     task = "timeseries"
     default_pooling = "none"
+    target_mean: torch.Tensor  # buffers, scalar
+    target_std: torch.Tensor
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:

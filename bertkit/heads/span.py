@@ -239,7 +239,7 @@ class SpanClassificationHead(BaseHead):
             comps: dict[int, list[int]] = {}
             for i in range(len(keep)):
                 comps.setdefault(_find(parent, i), []).append(int(keep[i]))
-            ents = []
+            ents: list[dict[str, Any]] = []
             for members in comps.values():
                 z = logits[b][members]
                 z = np.exp(z - z.max(-1, keepdims=True))
@@ -253,7 +253,7 @@ class SpanClassificationHead(BaseHead):
 
     def _gold_entities(
         self, outputs: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray | None
-    ) -> list:
+    ) -> list[set[tuple[Any, ...]]]:
         names = self.label_names()
         rows = []
         for b in range(len(labels)):
@@ -264,7 +264,7 @@ class SpanClassificationHead(BaseHead):
             for k in ok:
                 key = ("g", int(groups[b][k])) if groups is not None and groups[b][k] >= 0 else ("s", int(k))
                 by.setdefault(key, []).append(int(k))
-            ents = set()
+            ents: set[tuple[Any, ...]] = set()
             for members in by.values():
                 frags = tuple(
                     sorted(
@@ -281,7 +281,7 @@ class SpanClassificationHead(BaseHead):
         labels = np.asarray(labels)
         names = self.label_names()
 
-        def spans(values: np.ndarray, b: int) -> set[tuple[int, int, str]]:
+        def spans(values: np.ndarray, b: int) -> set[tuple[Any, ...]]:
             ok = np.flatnonzero(
                 (values[b] != IGNORE_INDEX) & (values[b] != self.null_index) & (outputs["span_mask"][b] > 0)
             )
@@ -295,7 +295,7 @@ class SpanClassificationHead(BaseHead):
         out = metrics.span_metrics(gold, pred)
         if self.use_linking and "link_logits" in outputs:
             gold_e = self._gold_entities(outputs, labels, None if groups is None else np.asarray(groups))
-            pred_e = [
+            pred_e: list[set[tuple[Any, ...]]] = [
                 {(tuple(e["fragments"]), e["label"]) for e in row} for row in self.decode_entities(outputs)
             ]
             ent = metrics.span_metrics(gold_e, pred_e)

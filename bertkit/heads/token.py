@@ -57,6 +57,8 @@ class TokenClassificationHead(BaseHead):
     task = "token"
     level = "token"
     default_pooling = PoolingType.NONE.value
+    crf: CRF | None
+    class_weight: torch.Tensor
 
     def __init__(self, config: HeadConfig) -> None:
         config.pooling_type = PoolingType.NONE.value  # token heads never pool
@@ -184,7 +186,8 @@ class TokenClassificationHead(BaseHead):
             if total
             else float("nan")
         )
-        for name, row in res["report"].items():  # type: ignore[union-attr]
+        report: dict[str, dict[str, float]] = res["report"]  # type: ignore[assignment]
+        for name, row in report.items():
             out[f"{name}_f1"] = row["f1"]
             out[f"{name}_support"] = float(row["support"])
         return out

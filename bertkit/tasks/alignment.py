@@ -143,7 +143,7 @@ def align_labels(
                         )
                     labels_core[i - a] = label2id[tag]  # type: ignore[index]
             marks = [1 if sub_tags[i] is not None else 0 for i in range(a, b)]
-            row = {
+            row: dict[str, Any] = {
                 "input_ids": prefix + ids[a:b] + suffix,
                 "labels": [IGNORE_INDEX] * len(prefix) + labels_core + [IGNORE_INDEX] * len(suffix),
                 "word_ids": [None] * len(prefix)

@@ -205,7 +205,10 @@ def prepare_qa_features(
         ids = list(enc["input_ids"][i])
         seq_ids = enc.sequence_ids(i)
         offsets = [tuple(o) if s == ctx_seq else None for o, s in zip(enc["offset_mapping"][i], seq_ids)]
-        cls_index = ids.index(cls_id) if cls_id is not None and cls_id in ids else 0
+        if cls_id is not None and cls_id in ids:
+            cls_index = ids.index(cls_id)
+        else:  # no [CLS] (decoder-only tokenizers): the first real token stands in for "no answer"
+            cls_index = list(enc["attention_mask"][i]).index(1)
         start_pos = end_pos = cls_index
         if ex.answers:
             a_start = int(ex.answers[0]["answer_start"])
@@ -214,7 +217,9 @@ def prepare_qa_features(
             if ctx and offsets[ctx[0]][0] <= a_start and offsets[ctx[-1]][1] >= a_end:  # type: ignore[index]
                 start_pos = next(k for k in ctx if offsets[k][1] > a_start)  # type: ignore[index]
                 end_pos = next(k for k in reversed(ctx) if offsets[k][0] < a_end)  # type: ignore[index]
-        feat = {k: list(enc[k][i]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        feat: dict[str, Any] = {
+            k: list(enc[k][i]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
+        }
         feat.update(
             {
                 "offset_mapping": offsets,

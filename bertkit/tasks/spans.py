@@ -87,20 +87,15 @@ def prepare_span_features(
             hit = table.get(span)
             labels.append(label2id[hit[0][0]] if hit else label2id.get(null_label, 0))
             groups.append(hit[0][1] if hit else -1)
-        feats.append(
-            {
-                **{
-                    k: win[k]
-                    for k in ("input_ids", "attention_mask", "token_type_ids", "word_ids", "doc_index")
-                    if k in win
-                },
-                "span_starts": starts,
-                "span_ends": ends,
-                "span_words": spans,
-                "span_labels": labels,
-                "span_groups": groups,
-            }
+        feat: dict[str, Any] = {
+            k: win[k]
+            for k in ("input_ids", "attention_mask", "token_type_ids", "word_ids", "doc_index")
+            if k in win
+        }
+        feat.update(
+            span_starts=starts, span_ends=ends, span_words=spans, span_labels=labels, span_groups=groups
         )
+        feats.append(feat)
     return feats, dropped
 
 

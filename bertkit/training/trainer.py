@@ -60,6 +60,8 @@ class Trainer:
         output_dir: run folder for ``model/``, ``checkpoints/`` and ``history.csv`` (None: keep in memory).
         config: a :class:`TrainingConfig` (defaults when None).
         collator: batch builder (default: dynamic padding from the model's tokenizer).
+        metrics_fn: ``metrics_fn(outputs, dataset) -> dict`` replacing ``head.compute_metrics`` (task runners
+            whose metrics need more than the outputs, e.g. SQuAD answers or word-level NER tags).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Trainer:
         output_dir: str | Path | None = None,
         config: TrainingConfig | None = None,
         collator: Any | None = None,
+        metrics_fn: Any | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -92,6 +95,7 @@ class Trainer:
         self.collator = collator or (
             Collator.from_tokenizer(tok, padding_side=padding_side) if tok is not None else Collator(0)
         )
+        self.metrics_fn = metrics_fn
         self._stop_requested = False
 
     # ----------------------------------------------------------------- helpers
@@ -150,11 +154,14 @@ class Trainer:
 
     def evaluate(self, dataset: TokenizedDataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Loss and the head's metrics on a labelled dataset; also returns the raw outputs."""
-        if dataset.targets is None:
+        if dataset.targets is None and self.metrics_fn is None:
             raise ConfigError("evaluate() needs a dataset with targets")
         outputs = self.predict(dataset)
         metrics = {"loss": float(outputs.pop("loss"))} if "loss" in outputs else {}
-        metrics.update(self.model.head.compute_metrics(outputs, np.asarray(dataset.targets)))
+        if self.metrics_fn is not None:
+            metrics.update(self.metrics_fn(outputs, dataset))
+        else:
+            metrics.update(self.model.head.compute_metrics(outputs, np.asarray(dataset.targets)))
         return metrics, outputs
 
     # -------------------------------------------------------------- training
@@ -172,7 +179,8 @@ class Trainer:
         if train_dataset.targets is None:
             raise ConfigError("the training dataset has no targets")
         raw = self.model
-        raw.head.prepare_targets(np.asarray(train_dataset.targets))
+        if isinstance(train_dataset.targets, np.ndarray) and train_dataset.targets.dtype != object:
+            raw.head.prepare_targets(train_dataset.targets)
         raw.train()
         # 1. data order: length-bucketed random batches (or plain random batches), one list per epoch
         sampler = LengthBucketBatchSampler(
@@ -282,7 +290,7 @@ class Trainer:
         # 6. best weights back, post-hoc calibration on validation, final model folder
         self._restore_best(raw, state)
         post: dict[str, float] = {}
-        if val_dataset is not None and cfg.calibrate and val_dataset.targets is not None:
+        if val_dataset is not None and cfg.calibrate and isinstance(val_dataset.targets, np.ndarray):
             outputs = self.predict(val_dataset)
             outputs.pop("loss", None)
             post = raw.head.fit_postprocessing(outputs, np.asarray(val_dataset.targets))
