@@ -28,6 +28,7 @@ from bertkit.inference.batched import predict_outputs
 from bertkit.model import BertWithHead
 from bertkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bertkit.training.optim import WarmupSchedule, build_optimizer, warmup_steps_for
+from bertkit.training.tricks import Trick, all_eval_weights, build_tricks
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Trainer:
         collator: batch builder (default: dynamic padding from the model's tokenizer).
         metrics_fn: ``metrics_fn(outputs, dataset) -> dict`` replacing ``head.compute_metrics`` (task runners
             whose metrics need more than the outputs, e.g. SQuAD answers or word-level NER tags).
+        tricks: training tricks called at fixed points of the loop (default: those switched on in
+            ``config``; see :mod:`bertkit.training.tricks`).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Trainer:
         config: TrainingConfig | None = None,
         collator: Any | None = None,
         metrics_fn: Any | None = None,
+        tricks: list[Trick] | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -96,6 +100,7 @@ class Trainer:
             Collator.from_tokenizer(tok, padding_side=padding_side) if tok is not None else Collator(0)
         )
         self.metrics_fn = metrics_fn
+        self.tricks = list(tricks) if tricks is not None else build_tricks(self.config)
         self._stop_requested = False
 
     # ----------------------------------------------------------------- helpers
@@ -212,6 +217,8 @@ class Trainer:
         if ckpt:
             state.update(load_checkpoint(ckpt, raw, optimizer, scheduler))
             logger.info("resumed from %s at step %d", ckpt, state["global_step"])
+        for trick in self.tricks:
+            trick.on_train_begin(raw, cfg, total_steps, steps_per_epoch)
         progress = self._progress(total_steps, state["global_step"])
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if _in_main_thread() else None
         last_val: dict[str, float] = {}
@@ -230,6 +237,8 @@ class Trainer:
                     with acc.accumulate(model), acc.autocast():
                         loss = model(**batch)["loss"]
                         acc.backward(loss)
+                        for trick in self.tricks:
+                            trick.after_backward(model, batch, epoch, acc)
                         if acc.sync_gradients and cfg.max_grad_norm > 0:
                             acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                         optimizer.step()
@@ -245,6 +254,8 @@ class Trainer:
                     scheduler.step()
                     state["global_step"] += 1
                     step = state["global_step"]
+                    for trick in self.tricks:
+                        trick.after_step(raw, step, epoch)
                     progress.update(1)
                     # 5. logging, evaluation, checkpoints, early stopping
                     if step % cfg.log_every == 0 or step == total_steps:
@@ -261,7 +272,8 @@ class Trainer:
                     )
                     state["train_seconds"] += time.perf_counter() - tic
                     if do_eval:
-                        last_val, stop = self._evaluate_and_track(val_dataset, state, metric_name, greater)
+                        with all_eval_weights(self.tricks, raw):
+                            last_val, stop = self._evaluate_and_track(val_dataset, state, metric_name, greater)
                     progress.set_postfix(
                         loss=f"{float(loss.detach()):.4f}",
                         **({f"val_{metric_name}": f"{last_val[metric_name]:.4f}"} if metric_name in last_val else {}),
@@ -287,7 +299,9 @@ class Trainer:
             progress.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        # 6. best weights back, post-hoc calibration on validation, final model folder
+        # 6. tricks finish (e.g. SWA weights), best weights back, calibration on validation, final model folder
+        for trick in self.tricks:
+            trick.on_train_end(raw)
         self._restore_best(raw, state)
         post: dict[str, float] = {}
         if val_dataset is not None and cfg.calibrate and isinstance(val_dataset.targets, np.ndarray):
