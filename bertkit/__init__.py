@@ -41,6 +41,17 @@ from bertkit.heads import (
     register_head,
 )
 from bertkit.model import BertWithHead, load_tokenizer
+from bertkit.multitask import (
+    AdapterConfig,
+    MultiTaskHead,
+    MultiTaskModel,
+    MultiTaskTrainer,
+    assert_parameter_parity,
+    build_ablation_models,
+    count_trainable_parameters,
+    create_multi_task_model,
+    create_multi_task_nlp_head,
+)
 from bertkit.pooling import Pooler
 
 __all__ = [
@@ -88,4 +99,14 @@ __all__ = [
     "list_heads",
     "load_tokenizer",
     "register_head",
+    # multi-task (bertkit.multitask)
+    "AdapterConfig",
+    "MultiTaskHead",
+    "MultiTaskModel",
+    "MultiTaskTrainer",
+    "assert_parameter_parity",
+    "build_ablation_models",
+    "count_trainable_parameters",
+    "create_multi_task_model",
+    "create_multi_task_nlp_head",
 ]

@@ -32,6 +32,9 @@ TextColumns = Annotated[
 ]
 LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Column holding the label/target.")]
 IdColumn = Annotated[str | None, typer.Option("--id-column", help="Id column carried into predictions.")]
+GroupColumn = Annotated[
+    str | None, typer.Option("--group-column", help="Query/group column of ranking data (e.g. query_id).")
+]
 
 
 def _fail(message: str) -> None:
@@ -134,6 +137,7 @@ def analyze(
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    group_column: GroupColumn = None,
     task: Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")] = None,
     backbone: Annotated[str, typer.Option(help="Tokenizer used for token-length statistics.")] = "minilm",
     as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
@@ -148,7 +152,7 @@ def analyze(
         from bertkit.runners import runner_for
 
         cfg = _run_config("default", None, None, _data_overrides(text_column, text_columns, label_column,
-                                                                 id_column, task), {"backbone": backbone}, {})
+                                                                 id_column, task, group_column), {"backbone": backbone}, {})
         profile = runner_for(data, cfg.data.task).analyze(data, cfg)
         typer.echo(json.dumps(profile.to_dict(), indent=2) if as_json else profile.summary())
 
@@ -171,6 +175,7 @@ def train(
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
+    group_column: GroupColumn = None,
     backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
     head: Annotated[str | None, typer.Option(help="Registered head name (see `bertkit heads`).")] = None,
     pooling: Annotated[str | None, typer.Option(help="cls|mean|max|attention|weighted_mean|last")] = None,
@@ -195,7 +200,7 @@ def train(
     def body() -> None:
         from bertkit.runners import runner_for
 
-        data_o = _data_overrides(text_column, text_columns, label_column, id_column, task)
+        data_o = _data_overrides(text_column, text_columns, label_column, id_column, task, group_column)
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
         if strict:
@@ -255,14 +260,14 @@ def cv(
         shown = {"oof": metrics.get("oof", {}), "mean": {k: v["mean"] for k, v in summary.items()},
                  "std": {k: v["std"] for k, v in summary.items()}}
         _print_metrics(f"bertkit cv ({folds} folds) → {output}", shown)
-        typer.echo(f"oof: {output / 'oof.csv'}")
+        typer.echo(f"oof: {next(iter(sorted(output.glob('oof.*'))), output / 'oof.csv')}")
 
     _guard(body)
 
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    model_dir: Annotated[Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")],
     data: Annotated[Path, typer.Argument(help="Labelled data file.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
@@ -289,12 +294,13 @@ def evaluate(
 
 @app.command()
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    model_dir: Annotated[Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")],
     data: Annotated[Path, typer.Argument(help="Data file to predict.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (Kaggle submission format).")],
     id_column: IdColumn = None,
     proba: Annotated[bool, typer.Option(help="Write probabilities instead of labels.")] = False,
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    task: Annotated[str | None, typer.Option("--task", help="Task to predict (multi-task models).")] = None,
 ) -> None:
     """Write predictions in input order: id column + prediction column(s).
 
@@ -305,9 +311,94 @@ def predict(
     def body() -> None:
         from bertkit.runners import runner_for_model
 
+        extra = {"task": task} if task else {}  # only multi-task runners take --task
         written = runner_for_model(model_dir).predict(model_dir, data, output, id_column=id_column, proba=proba,
-                                                      batch_size=batch_size)
+                                                      batch_size=batch_size, **extra)
         typer.echo(f"wrote {written}")
+
+    _guard(body)
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Export folder to write (replaced if it exists).")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    quantize: Annotated[str | None, typer.Option(help="Also write an int8 model (and make it the default).")] = None,
+    int8_recipe: Annotated[str | None, typer.Option(help="Named int8 recipe (see docs/export-and-serve.md).")] = None,
+    graph: Annotated[str, typer.Option(help="auto | full | encoder (encoder: the head runs in PyTorch).")] = "auto",
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+) -> None:
+    """Export a trained model to a self-contained ONNX folder, verified against PyTorch (1e-4 in fp32).
+
+    Example: [bold]bertkit export runs/sst2 --format onnx --quantize int8 --output exports/sst2[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.inference.export import DEFAULT_INT8_RECIPE, export_model
+
+        result = export_model(model_dir, output, format=format_, quantize=quantize,
+                              int8_recipe=int8_recipe or DEFAULT_INT8_RECIPE, graph=graph, opset=opset)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items()) or "integer outputs only"
+        typer.echo(f"graph: {result.graph}   outputs: {', '.join(result.outputs)}")
+        typer.echo(f"fp32 max |ONNX - PyTorch|: {diffs}")
+        if result.int8:
+            q = ", ".join(f"{k} {v:.1e}" for k, v in result.int8.get("max_abs_diff", {}).items())
+            typer.echo(f"int8 ({result.int8['recipe']}) max |ONNX - PyTorch|: {q}")
+        typer.echo(f"wrote {output} ({', '.join(result.files.values())})")
+
+    _guard(body)
+
+
+@app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="Run folder, model folder or export folder.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(help="Texts merged into one micro-batch.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to join its batch.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which the server answers 503.")] = 256,
+    precision: Annotated[str | None, typer.Option(help="Export folders: fp32 or int8 (default: the folder's).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI docs at /docs.
+
+    Example: [bold]bertkit serve exports/sst2 --port 8000[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.inference.serve import serve as run_server
+
+        extra = {"precision": precision} if precision else {}
+        run_server(model_dir, host=host, port=port, log_level=log_level, max_batch_size=max_batch_size,
+                   max_wait_ms=max_wait_ms, max_queue=max_queue, **extra)
+
+    _guard(body)
+
+
+@app.command()
+def embed(
+    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    data: Annotated[Path, typer.Argument(help="Data file whose texts to embed.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="emb.npy ([N, D] float32) or emb.parquet.")],
+    text_column: TextColumn = None,
+    id_column: IdColumn = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+) -> None:
+    """Write one embedding per input row, in input order (.npy array or .parquet with an embedding column).
+
+    Example: [bold]bertkit embed runs/sts data.csv --output emb.npy[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.inference.embed import embed_texts
+
+        emb = embed_texts(model_dir, data, output, text_column=text_column, batch_size=batch_size,
+                          id_column=id_column)
+        typer.echo(f"wrote {output} ({emb.shape[0]} x {emb.shape[1] if emb.ndim == 2 else 0})")
 
     _guard(body)
 
@@ -365,6 +456,114 @@ def demo(
         for text, label, probs in zip(samples, predictor.predict(samples), predictor.predict_proba(samples)):
             typer.echo(f"  {label:>8}  ({max(probs.values()):.2f})  {text}")
         typer.echo(f"run folder: {output}  (open {output / 'report.html'})")
+
+    _guard(body)
+
+
+@app.command()
+def ablate(
+    data: Annotated[Path, typer.Argument(help="Labelled training file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the variants, ablation.csv, report.html.")],
+    try_: Annotated[str, typer.Option("--try", help="Comma-separated switches: fgm,awp,ema,swa,soup,msd,llrd,"
+                                      "headlr,cosine,unfreeze,reinitN,headtail,chunks,postprocess,nodropout,"
+                                      "mean,attention,gem,layercls,layerwsum,preset:NAME")],
+    folds: Annotated[int, typer.Option(help="Number of folds (the same for every variant).")] = 3,
+    base: Annotated[str, typer.Option(help="Base preset: quick | default | competition")] = "default",
+    metric: Annotated[str | None, typer.Option(help="Fold metric to compare (default: rmse/qwk/macro_f1/...).")] = None,
+    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal")] = "auto",
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs (every variant).")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per text (every variant).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (the same folds for every variant).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config applied to every variant.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key in every variant.")] = None,
+) -> None:
+    """Run the base preset and each switch on the same folds and seeds; write a mean ± std table and a report.
+
+    Example: [bold]bertkit ablate train.csv --folds 3 --base default --try fgm,awp,ema,msd,llrd,reinit2 --output runs/abl[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.training.ablate import ablate as run_ablation
+
+        data_o = _data_overrides(text_column, None, label_column, None, task)
+        if max_train_samples is not None:
+            data_o["max_train_samples"] = max_train_samples
+        overrides = {"data": data_o, "model": {"backbone": backbone} if backbone else {},
+                     "training": {k: v for k, v in _training_options(epochs, None, None, max_length, seed).items()
+                                  if v is not None}}
+        table = run_ablation(data, output, [t for t in try_.split(",") if t.strip()], folds=folds, base=base,
+                             config_file=config, sets=set_, overrides=overrides, metric=metric)
+        shown = {r["variant"]: {"mean": r["mean"], "std": r["std"], "delta": r["delta"],
+                                "time_ratio": r["time_ratio"]} for _, r in table.iterrows()}
+        _print_metrics(f"bertkit ablate ({table['metric'].iloc[0]}, {folds} folds) → {output}", shown)
+        typer.echo(f"table: {output / 'ablation.csv'}   report: {output / 'report.html'}")
+
+    _guard(body)
+
+
+@app.command()
+def pretrain(
+    texts: Annotated[Path, typer.Argument(help="Unlabelled texts: .txt (one per line) or CSV/TSV/Parquet/JSONL.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Backbone folder to write (use as --backbone).")],
+    backbone: Annotated[str, typer.Option(help="minilm | local folder | hub id.")] = "minilm",
+    text_column: TextColumn = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the text blocks.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after N steps (0: no limit).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Blocks per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    max_length: Annotated[int, typer.Option(help="Tokens per block.")] = 128,
+    mlm_probability: Annotated[float, typer.Option(help="Share of tokens masked.")] = 0.15,
+    max_texts: Annotated[int, typer.Option(help="Use only the first N texts (0: all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Domain-adaptive masked-LM pre-training on unlabelled text; the output folder works as --backbone.
+
+    Example: [bold]bertkit pretrain texts.txt --output runs/mlm --epochs 2 && bertkit cv train.csv --backbone runs/mlm -o runs/cv[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.training.pretrain import PretrainConfig
+        from bertkit.training.pretrain import pretrain as run_pretrain
+
+        cfg = PretrainConfig(backbone=backbone, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             learning_rate=lr, max_length=max_length, mlm_probability=mlm_probability,
+                             text_column=text_column, max_texts=max_texts, seed=seed)
+        report = run_pretrain(texts, output, cfg)
+        typer.echo(f"MLM loss {report['first_loss']:.3f} → {report['last_loss']:.3f} over {report['steps']} steps; "
+                   f"backbone: {output}")
+
+    _guard(body)
+
+
+@app.command()
+def blend(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more `bertkit cv` run folders on the same data.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for blend.json, oof_blend.csv, submission.csv.")],
+    method: Annotated[str, typer.Option(help="lsq (weights >= 0 summing to 1) | ridge | hill")] = "lsq",
+    metric: Annotated[str | None, typer.Option(help="rmse|mae (regression), log_loss|accuracy|macro_f1.")] = None,
+) -> None:
+    """Blend several runs' OOF predictions (weights fitted on OOF) and write the blended test submission.
+
+    Example: [bold]bertkit blend runs/cv_a runs/cv_b --method hill --output runs/blend[/bold]
+    """
+    _quiet_libraries()
+
+    def body() -> None:
+        from bertkit.training.blend import blend_runs
+
+        report = blend_runs(runs, output, method=method, metric=metric)
+        weights = ", ".join(f"{Path(r).name}={w:.3f}" for r, w in zip(report["runs"], report["weights"]))
+        typer.echo(f"{report['method']} weights: {weights}")
+        typer.echo(f"OOF {report['metric']}: blend {report['oof_score']:.4f}; runs "
+                   + ", ".join(f"{s:.4f}" for s in report["run_scores"]))
+        if "submission" in report:
+            typer.echo(f"submission: {report['submission']}")
 
     _guard(body)
 

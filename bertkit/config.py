@@ -39,6 +39,9 @@ class PoolingType(str, enum.Enum):
     WEIGHTED_MEAN = "weighted_mean"
     LAST = "last"
     POOLER = "pooler"
+    GEM = "gem"  # generalised mean over real tokens with a learned exponent p
+    LAYER_CLS = "layer_cls"  # concatenation of the last k layers' CLS states ([B, k*H])
+    LAYER_CLS_WEIGHTED = "layer_cls_weighted"  # learned softmax-weighted sum of the last k layers' CLS
     NONE = "none"  # token-level heads: no pooling
 
 
@@ -226,6 +229,29 @@ class TrainingConfig(ConfigBase):
         num_threads: CPU threads for torch (0: torch's default).
         log_every: steps between training-loss rows in history.csv.
         progress: show a progress bar.
+        adversarial: "none", "fgm" (perturb the word embeddings along their gradient) or "awp" (perturb the
+            weights); one extra forward/backward per step from ``adv_start_epoch`` on (docs/competition.md).
+        fgm_epsilon: L2 norm of FGM's word-embedding perturbation.
+        awp_epsilon: AWP's perturbation box relative to each weight's magnitude (``|dw| <= eps * |w|``).
+        awp_lr: AWP's step size relative to each weight tensor's norm.
+        adv_start_epoch: first (0-based) epoch with adversarial steps.
+        ema_decay: exponential moving average of the weights (0: off; e.g. 0.999); evaluation, the best model
+            and the final weights use the average. The decay ramps up as ``min(decay, (1+t)/(10+t))``.
+        swa_epochs: stochastic weight averaging: uniform average of snapshots taken over the last N epochs
+            (0: off); the final evaluation and the final weights use the average.
+        swa_snapshots_per_epoch: snapshots per epoch inside the SWA window (evenly spaced steps).
+        soup_size: keep the last N evaluated weights and, after training, greedily average those that do not
+            hurt the validation metric ("model soup"; 0: off; needs a validation set).
+        reinit_layers: re-initialise the top N encoder layers before fine-tuning.
+        postprocess: fit post-processing on out-of-fold/validation outputs (binary F1 threshold, per-label
+            thresholds, ordinal QWK cut-points, regression clipping), save it with the run, apply in predict.
+        chunk_stride: >0: predict long texts as sliding windows of ``max_length`` tokens overlapping by this
+            many tokens and aggregate the windows' outputs (0: off).
+        chunk_aggregation: "mean", "max" or "attention" (confidence-weighted) aggregation of window outputs.
+        pseudo_file: unlabelled data file for fold-safe pseudo-labelling rounds in ``cv`` (None: off).
+        pseudo_rounds: pseudo-labelling rounds after the plain CV round.
+        pseudo_threshold: keep pseudo-labels whose confidence is at least this (classification).
+        pseudo_soft: classification: train on soft labels (probabilities) instead of thresholded hard ones.
     """
 
     epochs: float = 3
@@ -261,6 +287,23 @@ class TrainingConfig(ConfigBase):
     num_threads: int = 0
     log_every: int = 10
     progress: bool = True
+    adversarial: str = "none"
+    fgm_epsilon: float = 1.0
+    awp_epsilon: float = 0.01
+    awp_lr: float = 1.0
+    adv_start_epoch: int = 0
+    ema_decay: float = 0.0
+    swa_epochs: int = 0
+    swa_snapshots_per_epoch: int = 4
+    soup_size: int = 0
+    reinit_layers: int = 0
+    postprocess: bool = False
+    chunk_stride: int = 0
+    chunk_aggregation: str = "mean"
+    pseudo_file: str | None = None
+    pseudo_rounds: int = 1
+    pseudo_threshold: float = 0.9
+    pseudo_soft: bool = False
 
     def __post_init__(self) -> None:
         self.scheduler = check_choice("scheduler", self.scheduler, ("linear", "cosine", "constant"))
@@ -279,3 +322,32 @@ class TrainingConfig(ConfigBase):
             raise ConfigError(f"training.layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
         if self.eval_strategy == "steps" and self.eval_steps < 1:
             raise ConfigError("training.eval_strategy='steps' needs training.eval_steps >= 1")
+        self._check_tricks()
+
+    def _check_tricks(self) -> None:
+        """Validate the training-trick fields (docs/competition.md)."""
+        self.adversarial = check_choice("adversarial", self.adversarial, ("none", "fgm", "awp"))
+        self.chunk_aggregation = check_choice("chunk_aggregation", self.chunk_aggregation, ("mean", "max", "attention"))
+        if self.fgm_epsilon <= 0 or self.awp_epsilon <= 0 or self.awp_lr < 0 or self.adv_start_epoch < 0:
+            raise ConfigError(
+                "training.fgm_epsilon and awp_epsilon must be > 0, awp_lr and adv_start_epoch >= 0; got "
+                f"{self.fgm_epsilon}, {self.awp_epsilon}, {self.awp_lr}, {self.adv_start_epoch}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"training.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        for name in ("swa_epochs", "soup_size", "reinit_layers", "chunk_stride"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        if self.swa_snapshots_per_epoch < 1:
+            raise ConfigError(f"training.swa_snapshots_per_epoch must be >= 1, got {self.swa_snapshots_per_epoch}")
+        if self.ema_decay > 0 and self.swa_epochs > 0:
+            raise ConfigError("training.ema_decay and training.swa_epochs are two weight averages; switch on one")
+        if self.chunk_stride and self.chunk_stride >= self.max_length - 2:
+            raise ConfigError(
+                f"training.chunk_stride={self.chunk_stride} must be smaller than max_length - 2 ({self.max_length - 2})"
+            )
+        if not 0.0 <= self.pseudo_threshold <= 1.0 or self.pseudo_rounds < 1:
+            raise ConfigError(
+                f"training.pseudo_threshold must be in [0, 1] and pseudo_rounds >= 1; got {self.pseudo_threshold}, "
+                f"{self.pseudo_rounds}"
+            )

@@ -132,6 +132,8 @@ def create_bert_with_head(
     elif "pooling_type" not in hc:
         hc["pooling_type"] = "last" if bert.decoder_only else head_cls.default_pooling
     head = head_cls(HeadConfig.from_dict(hc))
+    if getattr(head.pooler, "needs_hidden_states", False):
+        bert.config.output_hidden_states = True  # layer poolings read every layer (saved with the encoder)
     if tokenizer is None:
         tokenizer = load_tokenizer(bert.config.model_name_or_path)
     model = BertWithHead(bert, head, tokenizer=tokenizer, metadata=metadata)

@@ -57,6 +57,18 @@ _FIXED = {
 }
 
 
+def gem_pool(hidden: torch.Tensor, mask: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised mean ``(mean_t clamp(h_t, eps)^p)^(1/p)`` over real tokens (p=1: mean of the positive part,
+    p→∞: max). Computed in float32."""
+    m = mask.unsqueeze(-1).float()  # [B, T, 1]
+    x = hidden.float().clamp(min=eps).pow(p) * m  # [B, T, H]
+    pooled = x.sum(1) / m.sum(1).clamp(min=1.0)  # [B, H]
+    return pooled.clamp(min=eps).pow(1.0 / p).to(hidden.dtype)
+
+
+_LAYER_POOLINGS = (PoolingType.LAYER_CLS.value, PoolingType.LAYER_CLS_WEIGHTED.value)
+
+
 class Pooler(nn.Module):
     """Pooling as a module so learned poolings carry their parameters with the head.
 
@@ -64,11 +76,32 @@ class Pooler(nn.Module):
         pooling_type: a :class:`PoolingType` value.
         hidden_size: width H of the token states.
         max_positions: positions covered by WEIGHTED_MEAN's learned weights (later positions share the last).
+        num_layers: k, the last layers whose CLS states LAYER_CLS / LAYER_CLS_WEIGHTED combine
+            (``HeadConfig.extra["pooling_layers"]``, default 4).
+
+    LAYER_CLS concatenates the last k layers' CLS states ``[B, k*H]`` and maps them back to ``[B, H]`` with a
+    linear layer initialised to their mean; LAYER_CLS_WEIGHTED is a softmax-weighted sum with k learned
+    weights (starting equal). Both read ``all_hidden_states`` (``BertOutput.hidden_states``); without them
+    (a plain ``[B, T, H]`` call) every one of the k slots uses the given states.
     """
 
-    def __init__(self, pooling_type: str | PoolingType, hidden_size: int, max_positions: int = 512) -> None:
+    def __init__(
+        self, pooling_type: str | PoolingType, hidden_size: int, max_positions: int = 512, num_layers: int = 4
+    ) -> None:
         super().__init__()
         self.pooling_type = check_choice("pooling_type", pooling_type, [p.value for p in PoolingType])
+        self.num_layers = int(num_layers)
+        self.needs_hidden_states = self.pooling_type in _LAYER_POOLINGS
+        if self.pooling_type == PoolingType.GEM.value:
+            self.gem_p = nn.Parameter(torch.tensor(3.0))
+        elif self.pooling_type == PoolingType.LAYER_CLS.value:
+            self.layer_mix = nn.Linear(self.num_layers * hidden_size, hidden_size)
+            with torch.no_grad():  # starts as the mean of the k CLS states
+                eye = torch.eye(hidden_size) / self.num_layers
+                self.layer_mix.weight.copy_(eye.repeat(1, self.num_layers))
+                self.layer_mix.bias.zero_()
+        elif self.pooling_type == PoolingType.LAYER_CLS_WEIGHTED.value:
+            self.layer_logits = nn.Parameter(torch.zeros(self.num_layers))
         if self.pooling_type == PoolingType.ATTENTION.value:
             # learned token scores: w_t = softmax_t(v^T tanh(W h_t)) over real tokens
             self.attention = nn.Sequential(
@@ -78,15 +111,34 @@ class Pooler(nn.Module):
             # learned per-position weights (softplus keeps them positive); starts as the plain mean
             self.position_logits = nn.Parameter(torch.zeros(max_positions))
 
+    def _layer_cls(self, hidden: torch.Tensor, mask: torch.Tensor, layers: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        k = self.num_layers
+        states = list(layers[-k:]) if layers else [hidden]
+        states = [states[0]] * (k - len(states)) + states  # fewer layers than k: repeat the lowest
+        cls = torch.stack([cls_pool(h, mask) for h in states], dim=1)  # [B, k, H]
+        if self.pooling_type == PoolingType.LAYER_CLS.value:
+            return self.layer_mix(cls.flatten(1))  # [B, k*H] -> [B, H]
+        w = torch.softmax(self.layer_logits.float(), 0).to(cls.dtype)  # [k]
+        return torch.einsum("k,bkh->bh", w, cls)
+
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, pooler_output: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        pooler_output: torch.Tensor | None = None,
+        all_hidden_states: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
-        """Pool ``hidden [B, T, H]`` with ``mask [B, T]`` into ``[B, H]``."""
+        """Pool ``hidden [B, T, H]`` with ``mask [B, T]`` into ``[B, H]`` (``all_hidden_states``: every layer's
+        ``[B, T, H]`` states, embeddings first, for the layer poolings)."""
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         kind = self.pooling_type
         if kind in _FIXED:
             return _FIXED[kind](hidden, mask)
+        if kind == PoolingType.GEM.value:
+            return gem_pool(hidden, mask, self.gem_p.clamp(min=1.0))
+        if kind in _LAYER_POOLINGS:
+            return self._layer_cls(hidden, mask, all_hidden_states)
         if kind == PoolingType.POOLER.value:
             if pooler_output is None:
                 return cls_pool(hidden, mask)

@@ -37,6 +37,8 @@ class DataConfig(ConfigBase):
         max_train_samples: train on exactly the first N rows after a seeded shuffle.
         valid_fraction: share of the data used for validation when no validation file is given.
         strict: reject rows with empty text/labels instead of dropping them with a warning.
+        cache_dir: tokenize into an on-disk token cache here (memory-mapped, keyed by the data's hash, the
+            tokenizer, max_length and truncation; reruns skip tokenization). None: tokenize in memory.
     """
 
     task: str = "auto"
@@ -51,6 +53,7 @@ class DataConfig(ConfigBase):
     max_train_samples: int | None = None
     valid_fraction: float = 0.1
     strict: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         from bertkit.runners import known_tasks
@@ -82,6 +85,8 @@ class ModelConfig(ConfigBase):
         head_options: further :class:`~bertkit.config.HeadConfig` fields (loss_type, dropout_prob, extra...).
         bert_options: further :class:`~bertkit.config.BertConfig` fields (dropout, attn_implementation...).
         freeze_bert_layers: freeze the embeddings and the first k layers for the whole run.
+        regression_dropout: for regression tasks only, set the head's and the encoder's dropout to this
+            (0.0 is the usual trick: dropout adds noise to real-valued outputs); None leaves them alone.
     """
 
     backbone: str = "minilm"
@@ -90,6 +95,7 @@ class ModelConfig(ConfigBase):
     head_options: dict[str, Any] = field(default_factory=dict)
     bert_options: dict[str, Any] = field(default_factory=dict)
     freeze_bert_layers: int = 0
+    regression_dropout: float | None = None
 
 
 @dataclass
@@ -106,13 +112,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunConfig:
         data = dict(data or {})
-        sections = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+        sections: dict[str, type[ConfigBase]] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
         unknown = [k for k in data if k not in sections]
         if unknown:
             close = difflib.get_close_matches(unknown[0], list(sections), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config section '{unknown[0]}'{hint}; valid sections: data, model, training")
-        return cls(**{name: kind.from_dict(data.get(name) or {}) for name, kind in sections.items()})
+        return cls(**{name: kind.from_dict(data.get(name) or {}) for name, kind in sections.items()})  # type: ignore[arg-type]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -208,7 +208,8 @@ class Collator:
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = getattr(tokenizer, "eos_token_id", None) or 0
-        return cls(pad, pad_to_multiple_of, padding_side or getattr(tokenizer, "padding_side", "right"))
+        side = str(padding_side or getattr(tokenizer, "padding_side", None) or "right")
+        return cls(pad, pad_to_multiple_of, side)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not items:

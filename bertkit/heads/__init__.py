@@ -3,6 +3,7 @@
 # every built-in head module, imported explicitly (registration never depends on import order)
 from bertkit.heads import (  # noqa: F401
     classification,
+    pairs,
     qa,
     regression,
     relation,
@@ -34,6 +35,12 @@ from bertkit.heads.nlp_head import (
     create_nlp_head,
     nlp_head_config,
 )
+from bertkit.heads.pairs import (
+    BiEncoderRankingHead,
+    ContrastiveLearningHead,
+    RankingHead,
+    TextSimilarityHead,
+)
 from bertkit.heads.qa import QuestionAnsweringHead
 from bertkit.heads.regression import OrdinalRegressionHead, RegressionHead
 from bertkit.heads.relation import RelationExtractionHead, add_entity_markers
@@ -43,6 +50,10 @@ from bertkit.heads.token import TokenClassificationHead
 
 __all__ = [
     "HEADS",
+    "BiEncoderRankingHead",
+    "ContrastiveLearningHead",
+    "RankingHead",
+    "TextSimilarityHead",
     "NLP_HEAD_PRESETS",
     "NLPTaskConfig",
     "NLPTaskType",

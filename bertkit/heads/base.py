@@ -113,7 +113,8 @@ class BaseHead(nn.Module):
             config.output_size = self.default_output_size(config)
         self.pooler: Pooler | None = None
         if config.pooling_type != PoolingType.NONE.value:
-            self.pooler = Pooler(config.pooling_type, config.input_size, config.max_position_embeddings)
+            self.pooler = Pooler(config.pooling_type, config.input_size, config.max_position_embeddings,
+                                 num_layers=int(config.extra.get("pooling_layers", 4)))
         # optional task attention / FFN over the token states (extra keys, see blocks.py); None by default
         self.token_blocks = blocks_from_extra(config.extra, config.input_size, config.dropout_prob)
         self.projection, self.projection_output_size = self._build_projection()
@@ -188,10 +189,16 @@ class BaseHead(nn.Module):
 
     def _apply_pooling(self, hidden_states: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pool any accepted input into ``[B, H]`` (a ``[B, H]`` input is already pooled)."""
+        layers = getattr(hidden_states, "hidden_states", None)  # BertOutput: every layer, when requested
         states, mask, pooler_output = self._unpack(hidden_states, attention_mask)
         if states.dim() == 2 or self.pooler is None:
             return states
-        return self.pooler(states, mask, pooler_output)
+        if self.pooler.needs_hidden_states and layers is None and hasattr(hidden_states, "last_hidden_state"):
+            raise ConfigError(
+                f"pooling_type='{self.pooler.pooling_type}' reads every layer's states; build the encoder with "
+                "output_hidden_states=True (model.bert_options.output_hidden_states: true)"
+            )
+        return self.pooler(states, mask, pooler_output, all_hidden_states=layers)
 
     def _features_to_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Dropout + output layer; with multi-sample dropout, the mean over K masks while training."""

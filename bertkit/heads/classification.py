@@ -155,6 +155,8 @@ class MulticlassClassificationHead(BaseHead):
     def compute_loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         logits = outputs["logits"].float()
         w = self.class_weight if self.class_weight.numel() else None
+        if targets.is_floating_point() and targets.dim() == 2:  # soft labels [B, C] (pseudo-labelling)
+            return F.cross_entropy(logits, targets.float(), weight=w, label_smoothing=self.config.label_smoothing)
         if self.loss_type == "focal":
             return losses.focal_loss_multiclass(
                 logits, targets.long(), gamma=self.config.focal_gamma, class_weights=w,

@@ -13,13 +13,17 @@ from bertkit.data.tokenize import TokenizedDataset
 
 
 def concat_outputs(chunks: list[np.ndarray], pad_value: float = 0.0) -> np.ndarray:
-    """Concatenate per-batch arrays along axis 0, right-padding axis 1 when widths differ (token outputs)."""
+    """Concatenate per-batch arrays along axis 0, right-padding the other axes when they differ.
+
+    Token outputs differ in axis 1 (``[B, T, C]``); pairwise outputs such as span ``link_logits [B, S, S]``
+    differ in axes 1 and 2.
+    """
     if not chunks:
         return np.zeros((0,))
-    if chunks[0].ndim >= 2 and len({c.shape[1] for c in chunks}) > 1:
-        width = max(c.shape[1] for c in chunks)
+    if chunks[0].ndim >= 2 and len({c.shape[1:] for c in chunks}) > 1:
+        shape = [max(c.shape[d] for c in chunks) for d in range(1, chunks[0].ndim)]
         chunks = [
-            np.pad(c, [(0, 0), (0, width - c.shape[1])] + [(0, 0)] * (c.ndim - 2), constant_values=pad_value)
+            np.pad(c, [(0, 0)] + [(0, s - n) for s, n in zip(shape, c.shape[1:])], constant_values=pad_value)
             for c in chunks
         ]
     return np.concatenate(chunks, axis=0)

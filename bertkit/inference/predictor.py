@@ -15,6 +15,8 @@ from bertkit.errors import ConfigError, DataError
 from bertkit.inference.batched import predict_outputs
 from bertkit.model import BertWithHead
 from bertkit.persistence import check_model_folder
+from bertkit.training.chunks import chunked_outputs
+from bertkit.training.postprocess import apply_postprocess, apply_to_model, load_postprocess
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -39,7 +41,8 @@ class Predictor:
         device: "auto", "cpu", "cuda" or "mps".
     """
 
-    def __init__(self, model: BertWithHead, batch_size: int = 64, device: str = "auto") -> None:
+    def __init__(self, model: BertWithHead, batch_size: int = 64, device: str = "auto",
+                 postprocess: dict[str, Any] | None = None) -> None:
         if model.tokenizer is None:
             raise ConfigError("the model has no tokenizer; save it with one (create_bert_with_head adds it)")
         self.model = model.eval()
@@ -52,11 +55,17 @@ class Predictor:
         self.truncation = str(model.metadata.get("truncation", "head"))
         side = "left" if model.bert.decoder_only else "right"
         self.collator = Collator.from_tokenizer(model.tokenizer, padding_side=side)
+        self.chunk_stride = int(model.metadata.get("chunk_stride", 0) or 0)  # sliding windows (chunks.py)
+        self.chunk_aggregation = str(model.metadata.get("chunk_aggregation", "mean"))
+        self.postprocess = postprocess  # fitted on OOF/validation outputs (training/postprocess.py)
+        apply_to_model(self.model, postprocess)
 
     @classmethod
     def from_dir(cls, path: str | Path, **kwargs: Any) -> Predictor:
         """Load from a model folder or a run folder (which holds ``model/``)."""
-        return cls(BertWithHead.from_pretrained(check_model_folder(path)), **kwargs)
+        folder = check_model_folder(path)
+        kwargs.setdefault("postprocess", load_postprocess(folder))
+        return cls(BertWithHead.from_pretrained(folder), **kwargs)
 
     @property
     def label_names(self) -> list[str]:
@@ -69,7 +78,14 @@ class Predictor:
         features = tokenize_texts(self.model.tokenizer, texts_a, texts_b, max_length=self.max_length,
                                   truncation=self.truncation if texts_b is None else "head")
         ds = TokenizedDataset(features, targets)
-        return predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)
+        if self.chunk_stride and texts_b is None:
+            out = chunked_outputs(self.model, texts_a, self.max_length, self.chunk_stride, self.chunk_aggregation,
+                                  self.batch_size, self.device)
+            if targets is not None:
+                out["loss"] = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)["loss"]
+        else:
+            out = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)
+        return apply_postprocess(self.postprocess, out)
 
     def _split(self, texts: list[Any]) -> tuple[list[str], list[str] | None]:
         if isinstance(texts, str):
@@ -136,7 +152,11 @@ class Predictor:
 
 
 def load_predictor(path: str | Path, **kwargs: Any) -> Predictor:
-    """Load a :class:`Predictor` from a run or model folder."""
+    """Load a :class:`Predictor` from a run or model folder, or an ONNX Runtime one from an export folder."""
+    from bertkit.inference.onnx_predictor import OnnxPredictor, is_export_dir
+
+    if is_export_dir(path):
+        return OnnxPredictor.from_dir(path, **kwargs)
     return Predictor.from_dir(path, **kwargs)
 
 

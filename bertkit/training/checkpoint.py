@@ -39,7 +39,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[Any, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
@@ -57,7 +57,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors[f"torch_cuda_{i}"] = s
     py = random.getstate()
     np_state = np.random.get_state()
-    meta = {
+    meta: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }

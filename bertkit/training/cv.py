@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bertkit.data import DatasetProfile, read_table
+from bertkit.data import DatasetProfile, TokenizedDataset, read_table
 from bertkit.errors import ConfigError, DataError
 from bertkit.fileio import write_json_atomic, write_text_atomic, write_with_atomic
 from bertkit.model import load_tokenizer
 from bertkit.runconfig import RunConfig
+from bertkit.training.chunks import chunked_evaluate
+from bertkit.training.postprocess import apply_postprocess, postprocess_cv
 from bertkit.training.run import build_model, make_dataset, prediction_frame, profile_for
+from bertkit.training.soup import finish_soup
 from bertkit.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -83,12 +87,19 @@ def cross_validate(
     folds: int = 5,
     group_column: str | None = None,
     test_path: str | Path | pd.DataFrame | None = None,
+    extra_train: Callable[[int, TokenizedDataset], TokenizedDataset] | None = None,
 ) -> dict[str, Any]:
     """Train ``folds`` models and write ``oof.csv``, ``metrics.json``, ``fold_k/`` and ``test_predictions.csv``.
 
     ``max_train_samples`` (when set) first takes the first N rows after a seeded shuffle, then splits those.
+    ``extra_train(fold, train_ds)`` may return fold ``fold``'s training set with extra rows (pseudo-labels).
+    With ``training.pseudo_file`` set, runs fold-safe pseudo-labelling rounds (``bertkit.training.pseudo``).
     Returns the metrics dict written to metrics.json.
     """
+    if cfg.training.pseudo_file and extra_train is None:
+        from bertkit.training.pseudo import pseudo_cross_validate
+
+        return pseudo_cross_validate(data, output_dir, cfg, folds, group_column, test_path)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.model.backbone)
@@ -119,10 +130,15 @@ def cross_validate(
         logger.info("fold %d/%d: %d train, %d valid rows", fold + 1, folds, len(train_df), len(valid_df))
         model = build_model(profile, fold_cfg, tokenizer)
         train_ds, _, _ = make_dataset(train_df, profile, tokenizer, fold_cfg)
+        if extra_train is not None:
+            train_ds = extra_train(fold, train_ds)
         valid_ds, rows, _ = make_dataset(valid_df, profile, tokenizer, fold_cfg)
         trainer = Trainer(model, fold_dir, fold_cfg.training)
         result = trainer.train(train_ds, valid_ds)
+        finish_soup(trainer, valid_ds)
         metrics, outputs = trainer.evaluate(valid_ds)
+        if fold_cfg.training.chunk_stride:
+            metrics, outputs = chunked_evaluate(trainer, valid_df.iloc[rows], profile, fold_cfg, np.asarray(valid_ds.targets))
         fold_metrics.append({"fold": fold, "rows": len(valid_ds), "train_seconds": round(result.train_seconds, 3),
                              "train_samples_per_second": round(result.train_samples_per_second, 3), **metrics})
         positions = np.flatnonzero(valid_mask)[rows]
@@ -133,6 +149,8 @@ def cross_validate(
         if test_df is not None:
             test_ds, test_rows, _ = make_dataset(test_df, profile, tokenizer, fold_cfg, require_labels=False)
             test_out = trainer.predict(test_ds)
+            if fold_cfg.training.chunk_stride:
+                test_out = chunked_evaluate(trainer, test_df.iloc[test_rows], profile, fold_cfg, None)[1]
             for key in ("probabilities", "predictions", "logits"):
                 if key in test_out and np.issubdtype(test_out[key].dtype, np.floating):
                     test_sum[key] = test_sum.get(key, 0) + test_out[key] / folds
@@ -143,11 +161,16 @@ def cross_validate(
     merged = {k: np.concatenate(v) for k, v in oof_outputs.items()}
     targets = np.concatenate(oof_targets)
     oof_metrics = model.head.compute_metrics(merged, targets)
+    post_params: dict[str, Any] = {}
+    if cfg.training.postprocess:  # cross-fitted: fold k's rows use parameters fitted on the other folds
+        merged, post_report, post_params = postprocess_cv(out, model, merged, targets, fold_of[order], folds)
     per_fold = pd.DataFrame(fold_metrics)
     summary = {c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
                for c in per_fold.columns if c not in ("fold", "rows") and pd.api.types.is_numeric_dtype(per_fold[c])}
     metrics_out = {"oof": oof_metrics, "folds": fold_metrics, "fold_summary": summary, "num_folds": folds,
                    "train_seconds": float(per_fold["train_seconds"].sum())}
+    if post_params:
+        metrics_out["postprocessing"] = post_report
     # oof.csv: same row order and ids as the input, with the fold and the prediction columns
     label_col = profile.label_columns[0] if len(profile.label_columns) == 1 else None
     ids = df[profile.id_column].iloc[order].tolist() if profile.id_column else None
@@ -157,14 +180,31 @@ def cross_validate(
         if c not in oof.columns:
             oof[c] = proba_cols[c]
     oof.insert(1 if profile.id_column else 0, "fold", fold_of)
+    _add_true_columns(oof, model, targets, order)
     write_with_atomic(out / "oof.csv", lambda p: oof.to_csv(p, index=False))
     if test_df is not None and test_sum:
-        test_out = _finish_average(model, test_sum)
+        test_out = apply_postprocess(post_params, _finish_average(model, test_sum))
         test_ds, test_rows, test_ids = make_dataset(test_df, profile, tokenizer, fold_cfg, require_labels=False)
         sub = prediction_frame(model, test_out, test_rows, len(test_df), test_ids, profile.id_column, label_col)
         write_with_atomic(out / "test_predictions.csv", lambda p: sub.to_csv(p, index=False))
+        if "probabilities" in test_out:  # for blending (bertkit blend)
+            probs = prediction_frame(model, test_out, test_rows, len(test_df), test_ids, profile.id_column, None,
+                                     proba=True)
+            write_with_atomic(out / "test_probabilities.csv", lambda p: probs.to_csv(p, index=False))
     write_json_atomic(out / "metrics.json", metrics_out)
     return metrics_out
+
+
+def _add_true_columns(oof: pd.DataFrame, model: Any, targets: np.ndarray, order: np.ndarray) -> None:
+    """``y_true`` (label names for classes, values for regression) or ``y_true_<label>`` columns (blending)."""
+    names = model.head.label_names()
+    t = np.asarray(targets)
+    if t.ndim == 1:
+        values = [names[int(v)] for v in t] if model.head.task in ("binary", "multiclass", "ordinal") else t
+        oof["y_true"] = pd.Series(list(values), index=order).reindex(range(len(oof))).values
+    elif t.ndim == 2:
+        for j, name in enumerate(names[: t.shape[1]]):
+            oof[f"y_true_{name}"] = pd.Series(t[:, j], index=order).reindex(range(len(oof))).values
 
 
 def _finish_average(model: Any, avg: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,8 @@ from bertkit.factory import create_bert_with_head
 from bertkit.fileio import write_json_atomic, write_text_atomic, write_with_atomic
 from bertkit.model import BertWithHead, load_tokenizer
 from bertkit.runconfig import RunConfig
+from bertkit.training.postprocess import apply_postprocess, fit_run_postprocess, prediction_metrics
+from bertkit.training.soup import finish_soup
 from bertkit.training.trainer import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ def make_dataset(
     prepared = prepare_frame(
         df, profile, require_labels=require_labels, strict=cfg.data.strict, sep_token=tokenizer.sep_token or "[SEP]"
     )
+    if cfg.data.cache_dir:  # memory-mapped token cache; same len/lengths/targets/__getitem__ contract
+        from bertkit.data.cache import cached_dataset_from_texts
+
+        cached = cached_dataset_from_texts(
+            prepared.texts_a, prepared.texts_b, prepared.targets, tokenizer, cfg.data.cache_dir,
+            max_length=cfg.training.max_length, truncation=cfg.training.truncation,
+        )
+        return cast(TokenizedDataset, cached), prepared.row_index, prepared.ids
     features = tokenize_texts(
         tokenizer, prepared.texts_a, prepared.texts_b, max_length=cfg.training.max_length,
         truncation=cfg.training.truncation,
@@ -109,15 +119,24 @@ def build_model(profile: DatasetProfile, cfg: RunConfig, tokenizer: Any) -> Bert
     if profile.task == "binary" and head == "binary_classification":
         num_labels = 2
     bert_config = dict(cfg.model.bert_options)
+    if profile.task == "regression" and cfg.model.regression_dropout is not None:
+        opts["dropout_prob"] = cfg.model.regression_dropout
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            bert_config.setdefault(key, cfg.model.regression_dropout)
     model = create_bert_with_head(
         head_type=head, num_labels=num_labels, label_names=label_names,
         bert_name=cfg.model.backbone if not bert_config.get("model_name_or_path") else None,
         bert_config=bert_config or None, pooling_type=pooling, tokenizer=tokenizer,
         freeze_bert_layers=cfg.model.freeze_bert_layers,
         metadata={"data": profile.to_dict(), "max_length": cfg.training.max_length,
-                  "truncation": cfg.training.truncation},
+                  "truncation": cfg.training.truncation, "chunk_stride": cfg.training.chunk_stride,
+                  "chunk_aggregation": cfg.training.chunk_aggregation},
         **opts,
     )
+    if cfg.training.reinit_layers:
+        from bertkit.training.reinit import reinit_top_layers
+
+        reinit_top_layers(model.bert, cfg.training.reinit_layers, seed=cfg.training.seed)
     return model
 
 
@@ -176,6 +195,8 @@ def train_run(
     write_json_atomic(out / "profile.json", profile.to_dict())
     trainer = Trainer(model, out, cfg.training)
     result = trainer.train(train_ds, valid_ds, resume_from="auto" if resume else None)
+    soup = finish_soup(trainer, valid_ds)
+    post = fit_run_postprocess(out / "model", model, trainer, valid_ds) if cfg.training.postprocess else {}
     metrics: dict[str, Any] = {
         "valid": result.val_metrics,
         "train_seconds": round(result.train_seconds, 3),
@@ -186,6 +207,10 @@ def train_run(
     }
     if result.postprocessing:
         metrics["postprocessing"] = result.postprocessing
+    if post:
+        metrics["postprocess"] = post
+    if soup:
+        metrics["soup"] = soup
     report_data: dict[str, Any] = {}
     for split, frame_src in (("valid", valid_df if valid_ds is not None else None), ("test", test_path)):
         if frame_src is None:
@@ -195,11 +220,15 @@ def train_run(
         ds, rows, ids = make_dataset(frame, profile, tokenizer, cfg, require_labels=has_labels)
         if has_labels:
             split_metrics, outputs = trainer.evaluate(ds)
+            if post:
+                outputs = apply_postprocess(post, outputs)
+                pp = prediction_metrics(model.head.task, outputs, np.asarray(ds.targets))
+                split_metrics.update({f"{k}_postprocessed": v for k, v in pp.items()})
             if split == "test":
                 metrics["test"] = split_metrics
             report_data = {"y_true": ds.targets, **split_outputs_for_report(model, outputs)}
         else:
-            outputs = trainer.predict(ds)
+            outputs = apply_postprocess(post, trainer.predict(ds))
         pred = prediction_frame(model, outputs, rows, len(frame), ids, profile.id_column,
                                 profile.label_columns[0] if len(profile.label_columns) == 1 else None)
         write_with_atomic(out / f"{split}_predictions.csv", lambda p, f=pred: f.to_csv(p, index=False))

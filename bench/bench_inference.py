@@ -1,0 +1,196 @@
+"""Inference throughput and accuracy: PyTorch vs ONNX Runtime fp32 vs int8 recipes vs HF pipeline/Trainer.
+
+For a saved model (run or model folder) and a labelled data file, every backend predicts the same N texts
+(tokenization included in the timing) and the script reports texts/s, the head's metrics (accuracy for
+classifiers) and the speed-up over the faster of Hugging Face ``pipeline`` and ``Trainer.predict``. The HF
+baselines run the same encoder (weights copied) under ``AutoModelForSequenceClassification`` with the same
+batch size; their classifier is untrained, so only their speed is reported.
+
+Backends:
+    torch         bertkit's PyTorch Predictor (length-sorted batches)
+    ort_fp32      the exported fp32 graph on ONNX Runtime (length-sorted batches) — the ORT anchor
+    int8:<recipe> the fp32 graph quantized with an INT8_RECIPES recipe ("plain" = ORT's default dynamic int8)
+    pipeline      transformers.pipeline("text-classification") with batch_size
+    trainer       transformers.Trainer.predict with DataCollatorWithPadding
+
+Usage::
+
+    # smoke (a few hundred texts)
+    python bench/bench_inference.py --model runs/sst2 --data ../shared/data/sst2/test.csv --n 300 --n-baseline 100
+    # full run (the lead's benchmark): all texts, every int8 recipe, both HF baselines
+    python bench/bench_inference.py --model runs/sst2 --data ../shared/data/sst2/test.csv --n 0 \\
+        --int8-recipes all --output bench/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bertkit.data import prepare_frame, read_table  # noqa: E402
+from bertkit.data.analyze import DatasetProfile  # noqa: E402
+from bertkit.inference.export import INT8_RECIPES, export_model, quantize_int8  # noqa: E402
+from bertkit.inference.onnx_predictor import OnnxPredictor, default_threads  # noqa: E402
+from bertkit.inference.predictor import Predictor  # noqa: E402
+from bertkit.model import BertWithHead  # noqa: E402
+from bertkit.persistence import check_model_folder  # noqa: E402
+
+
+def _timed(fn: Any, repeats: int) -> tuple[Any, float]:
+    """Best wall time over ``repeats`` runs (the first run also warms up when repeats > 1)."""
+    best, out = float("inf"), None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def _metrics(head: Any, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
+    outputs = {k: v for k, v in outputs.items() if k != "loss"}
+    return {k: round(float(v), 5) for k, v in head.compute_metrics(outputs, targets).items()
+            if isinstance(v, int | float) and k in ("accuracy", "macro_f1", "f1", "rmse", "micro_f1", "qwk")}
+
+
+def _hf_model(model: BertWithHead) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    hf = AutoModelForSequenceClassification.from_config(model.bert.hf_config, num_labels=max(2, model.head.config.num_labels))
+    hf.base_model.load_state_dict(model.bert.model.state_dict(), strict=False)
+    return hf.eval()
+
+
+def bench_pipeline(model: BertWithHead, texts: list[str], batch_size: int, max_length: int) -> float:
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=_hf_model(model), tokenizer=model.tokenizer, device=-1)
+    pipe(texts[:8], batch_size=batch_size, truncation=True, max_length=max_length)  # warm-up
+    t0 = time.perf_counter()
+    pipe(texts, batch_size=batch_size, truncation=True, max_length=max_length)
+    return time.perf_counter() - t0
+
+
+def bench_trainer(model: BertWithHead, texts: list[str], batch_size: int, max_length: int) -> float:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    class _Texts(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(texts)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return dict(model.tokenizer(texts[i], truncation=True, max_length=max_length))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, use_cpu=True,
+                                 report_to=[], disable_tqdm=True, dataloader_num_workers=0)
+        trainer = Trainer(model=_hf_model(model), args=args, data_collator=DataCollatorWithPadding(model.tokenizer))
+        t0 = time.perf_counter()
+        trainer.predict(_Texts())
+        return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="run or model folder")
+    ap.add_argument("--data", required=True, help="labelled data file with the training columns")
+    ap.add_argument("--n", type=int, default=500, help="texts to predict (0: all)")
+    ap.add_argument("--n-baseline", type=int, default=200, help="texts for pipeline/Trainer (0: same as --n)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: the usable cores)")
+    ap.add_argument("--repeats", type=int, default=1, help="best of R timed runs per backend")
+    ap.add_argument("--int8-recipes", default="plain,per_channel,per_channel_keep_head",
+                    help=f"comma-separated recipes or 'all' ({', '.join(INT8_RECIPES)})")
+    ap.add_argument("--backends", default="torch,ort_fp32,int8,pipeline,trainer")
+    ap.add_argument("--export-dir", default=None, help="reuse/write the fp32 export here (default: a temp folder)")
+    ap.add_argument("--output", default=None, help="write the JSON report here")
+    args = ap.parse_args(argv)
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    backends = set(args.backends.split(","))
+    model = BertWithHead.from_pretrained(check_model_folder(args.model))
+    profile = DatasetProfile.from_dict(model.metadata["data"])
+    df = read_table(args.data)
+    df = df.iloc[: args.n] if args.n else df
+    prep = prepare_frame(df, profile, require_labels=True, sep_token=model.tokenizer.sep_token or "[SEP]")
+    texts_a, texts_b, targets = prep.texts_a, prep.texts_b, np.asarray(prep.targets)
+    n = len(texts_a)
+    report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "texts": n, "threads": threads,
+                              "batch_size": args.batch_size, "torch": torch.__version__, "results": {}}
+    results = report["results"]
+
+    def record(name: str, outputs: dict[str, np.ndarray] | None, seconds: float, count: int) -> None:
+        row: dict[str, Any] = {"seconds": round(seconds, 4), "texts_per_s": round(count / seconds, 2), "texts": count}
+        if outputs is not None:
+            row.update(_metrics(model.head, outputs, targets))
+        results[name] = row
+        print(json.dumps({name: row}), flush=True)
+
+    if "torch" in backends:
+        pt = Predictor(model, batch_size=args.batch_size, device="cpu")
+        out, secs = _timed(lambda: pt.outputs(texts_a, texts_b), args.repeats)
+        record("torch", out, secs, n)
+    tmp = tempfile.TemporaryDirectory()
+    export_dir = Path(args.export_dir or Path(tmp.name) / "export")
+    if not (export_dir / "export.json").is_file():
+        t0 = time.perf_counter()
+        res = export_model(model, export_dir)
+        report["export"] = {"seconds": round(time.perf_counter() - t0, 2), "graph": res.graph,
+                            "max_abs_diff": res.max_abs_diff}
+    if "ort_fp32" in backends:
+        ort_fp32 = OnnxPredictor(export_dir, batch_size=args.batch_size, precision="fp32", num_threads=threads)
+        out, secs = _timed(lambda: ort_fp32.outputs(texts_a, texts_b), args.repeats)
+        record("ort_fp32", out, secs, n)
+    if "int8" in backends:
+        recipes = list(INT8_RECIPES) if args.int8_recipes == "all" else args.int8_recipes.split(",")
+        for recipe in recipes:
+            file = f"model.int8.{recipe}.onnx"
+            if not (export_dir / file).is_file():
+                quantize_int8(export_dir / "model.onnx", export_dir / file, recipe)
+            q = OnnxPredictor(export_dir, batch_size=args.batch_size, precision="fp32", num_threads=threads,
+                              model_file=file)
+            out, secs = _timed(lambda q=q: q.outputs(texts_a, texts_b), args.repeats)
+            record(f"int8:{recipe}", out, secs, n)
+    nb = min(n, args.n_baseline or n)
+    max_length = int(model.metadata.get("max_length", 128))
+    if "pipeline" in backends and texts_b is None:
+        record("pipeline", None, bench_pipeline(model, texts_a[:nb], args.batch_size, max_length), nb)
+    if "trainer" in backends and texts_b is None:
+        record("trainer", None, bench_trainer(model, texts_a[:nb], args.batch_size, max_length), nb)
+    anchors = [results[k]["texts_per_s"] for k in ("pipeline", "trainer") if k in results]
+    if anchors:
+        anchor = max(anchors)
+        report["hf_anchor_texts_per_s"] = anchor
+        for row in results.values():
+            row["speedup_vs_hf"] = round(row["texts_per_s"] / anchor, 2)
+    if "ort_fp32" in results:
+        for row in results.values():
+            row["speedup_vs_ort_fp32"] = round(row["texts_per_s"] / results["ort_fp32"]["texts_per_s"], 2)
+        if "accuracy" in results["ort_fp32"]:
+            for row in results.values():
+                if "accuracy" in row:
+                    row["accuracy_delta_points"] = round(100 * (row["accuracy"] - results["ort_fp32"]["accuracy"]), 2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(json.dumps(report, indent=2))
+    tmp.cleanup()
+    return report
+
+
+if __name__ == "__main__":
+    main()
