@@ -64,16 +64,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated dataset names")
     parser.add_argument("--out", default=str(ROOT / "runs" / "acceptance"), help="run folders")
+    parser.add_argument("--record", default="", help="add an existing run folder: NAME=RUN_DIR (no training)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"real data not found at {DATA}")
     names = [n for n in RUNS if not args.only or n in args.only.split(",")]
-    results = {}
+    if args.record:
+        name, run_dir = args.record.split("=", 1)
+        names = []
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        recorded = {"command": f"(recorded from {run_dir})", "test": metrics.get("test", {}),
+                    "valid": metrics.get("valid", {}), "train_samples_per_second": metrics["train_samples_per_second"],
+                    "train_seconds": metrics["train_seconds"], "hf": RUNS[name]["hf"]}
+    res_file = ROOT / "bench" / "results" / "main_job.json"
+    results = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    if args.record:
+        results[name] = recorded
+        res_file.parent.mkdir(parents=True, exist_ok=True)
+        res_file.write_text(json.dumps(results, indent=2))
     for name in names:
         results[name] = run_one(name, RUNS[name], Path(args.out))
-        res_dir = ROOT / "bench" / "results"
-        res_dir.mkdir(parents=True, exist_ok=True)
-        (res_dir / "main_job.json").write_text(json.dumps(results, indent=2))
+        res_file.parent.mkdir(parents=True, exist_ok=True)
+        res_file.write_text(json.dumps(results, indent=2))
     print(f"\n{'dataset':<16}{'metric':<12}{'bertkit':>10}{'HF':>10}{'samples/s':>12}")
     for name, res in results.items():
         for metric, ref in res["hf"].items():

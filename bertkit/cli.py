@@ -545,7 +545,7 @@ def pretrain(
 def blend(
     runs: Annotated[list[Path], typer.Argument(help="Two or more `bertkit cv` run folders on the same data.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for blend.json, oof_blend.csv, submission.csv.")],
-    method: Annotated[str, typer.Option(help="lsq (weights >= 0 summing to 1) | ridge | hill")] = "lsq",
+    method: Annotated[str, typer.Option(help="lsq (weights >= 0 summing to 1) | ridge | hill | mean")] = "lsq",
     metric: Annotated[str | None, typer.Option(help="rmse|mae (regression), log_loss|accuracy|macro_f1.")] = None,
 ) -> None:
     """Blend several runs' OOF predictions (weights fitted on OOF) and write the blended test submission.

@@ -211,6 +211,8 @@ class TrainingConfig(ConfigBase):
         gradient_accumulation_steps: micro-batches per optimiser step.
         max_grad_norm: gradient clipping (0: off).
         mixed_precision: "auto" (bf16/fp16 on GPUs that support it, fp32 on CPU), "no", "fp16", "bf16".
+        freeze_word_embeddings: keep the token embedding table fixed (its dense gradient and AdamW update are
+            the largest per-step costs on CPU for short texts; fine-tuning rarely needs to move it).
         freeze_encoder_epochs: keep the encoder frozen for this many epochs (head warm-up).
         gradual_unfreeze: after the frozen epochs, unfreeze one more layer per epoch from the top.
         eval_strategy: "epoch" or "steps" (every ``eval_steps`` optimiser steps).
@@ -252,6 +254,8 @@ class TrainingConfig(ConfigBase):
         pseudo_rounds: pseudo-labelling rounds after the plain CV round.
         pseudo_threshold: keep pseudo-labels whose confidence is at least this (classification).
         pseudo_soft: classification: train on soft labels (probabilities) instead of thresholded hard ones.
+        fold_seed: seed of the CV split and row subsampling (None: ``seed``); fix it and vary ``seed`` to train
+            several seeds on the same folds (then ``bertkit blend --method mean``).
     """
 
     epochs: float = 3
@@ -267,6 +271,7 @@ class TrainingConfig(ConfigBase):
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"
+    freeze_word_embeddings: bool = False
     freeze_encoder_epochs: int = 0
     gradual_unfreeze: bool = False
     eval_strategy: str = "epoch"
@@ -304,6 +309,7 @@ class TrainingConfig(ConfigBase):
     pseudo_rounds: int = 1
     pseudo_threshold: float = 0.9
     pseudo_soft: bool = False
+    fold_seed: int | None = None
 
     def __post_init__(self) -> None:
         self.scheduler = check_choice("scheduler", self.scheduler, ("linear", "cosine", "constant"))

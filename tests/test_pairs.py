@@ -21,9 +21,38 @@ from bertkit.heads.pairs import info_nce_loss, label_retrieval_metrics
 from bertkit.tasks.pairs import GroupedDataset, PairCollator, PairDataset
 
 runner = CliRunner()
-FAST = ["--epochs", "1", "--batch-size", "16", "--max-length", "32", "--lr", "1e-3",
-        "--set", "training.progress=false", "--set", "training.num_threads=1"]  # fmt: skip
-WORDS = "cat dog bird fish horse lion tiger bear wolf fox sheep goat cow pig duck owl".split()
+FAST = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--max-length",
+    "32",
+    "--lr",
+    "1e-3",
+    "--set",
+    "training.progress=false",
+    "--set",
+    "training.num_threads=1",
+]
+WORDS = [
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "horse",
+    "lion",
+    "tiger",
+    "bear",
+    "wolf",
+    "fox",
+    "sheep",
+    "goat",
+    "cow",
+    "pig",
+    "duck",
+    "owl",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,34 +85,55 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Toy STS-like scores, ranking groups (some without a positive) and anchor/positive/negative triplets."""
     rng = np.random.default_rng(0)
     out = tmp_path_factory.mktemp("pair_data")
-    sts = [{"id": f"r{i}", "q": (a := _sent(rng, 5)), "a": a if i % 2 else _sent(rng, 5),
-            "score": 5.0 if i % 2 else float(rng.uniform(0, 2))} for i in range(60)]  # fmt: skip
+    sts = [
+        {
+            "id": f"r{i}",
+            "q": (a := _sent(rng, 5)),
+            "a": a if i % 2 else _sent(rng, 5),
+            "score": 5.0 if i % 2 else float(rng.uniform(0, 2)),
+        }
+        for i in range(60)
+    ]
     pd.DataFrame(sts).to_csv(out / "sts.csv", index=False)
     rank = []
     for q in range(24):
         query = _sent(rng, 4)
         for c in range(4):
             pos = c == q % 4 and q % 6 != 0  # every 6th query has no positive
-            rank.append({"query_id": f"q{q}", "text_a": query, "text_b": query if c == q % 4 else _sent(rng, 6),
-                         "label": int(pos)})  # fmt: skip
+            rank.append(
+                {
+                    "query_id": f"q{q}",
+                    "text_a": query,
+                    "text_b": query if c == q % 4 else _sent(rng, 6),
+                    "label": int(pos),
+                }
+            )
     pd.DataFrame(rank).to_csv(out / "rank.csv", index=False)
-    trip = [{"anchor": (a := _sent(rng, 4)), "positive": a + " " + _sent(rng, 1), "negative": _sent(rng, 5)}
-            for _ in range(48)]  # fmt: skip
+    trip = [
+        {"anchor": (a := _sent(rng, 4)), "positive": a + " " + _sent(rng, 1), "negative": _sent(rng, 5)}
+        for _ in range(48)
+    ]
     pd.DataFrame(trip).to_csv(out / "triplets.csv", index=False)
     return out
 
 
 def _model(head: str, tokenizer: Any, **kw: Any) -> BertWithHead:
     torch.manual_seed(0)
-    return create_bert_with_head(head_type=head, bert_config=tiny_bert_config("bert"), tokenizer=tokenizer, **kw)
+    return create_bert_with_head(
+        head_type=head, bert_config=tiny_bert_config("bert"), tokenizer=tokenizer, **kw
+    )
 
 
 def _pair_batch(tokenizer: Any, n: int = 4) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(1)
     a = tokenizer([_sent(rng, 3) for _ in range(n)], padding=True, return_tensors="pt")
     b = tokenizer([_sent(rng, 6) for _ in range(n)], padding=True, return_tensors="pt")
-    return {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"],
-            "input_ids_b": b["input_ids"], "attention_mask_b": b["attention_mask"]}  # fmt: skip
+    return {
+        "input_ids": a["input_ids"],
+        "attention_mask": a["attention_mask"],
+        "input_ids_b": b["input_ids"],
+        "attention_mask_b": b["attention_mask"],
+    }
 
 
 def _cli(*args: Any) -> Any:
@@ -121,7 +171,9 @@ def test_similarity_losses(loss_type: str, tokenizer: Any) -> None:
     expected = {
         "cosent": lambda: losses.cosent_loss(s, y, scale=20.0),
         "cosine_mse": lambda: losses.cosine_mse_loss(s, y / 5),  # labels mapped to [0, 1] by score_range
-        "contrastive": lambda: losses.contrastive_margin_loss(1 - F.cosine_similarity(u, v), (y / 5 >= 0.5).float()),
+        "contrastive": lambda: losses.contrastive_margin_loss(
+            1 - F.cosine_similarity(u, v), (y / 5 >= 0.5).float()
+        ),
         "softmax": lambda: F.cross_entropy(out["logits"], y.long()),
     }[loss_type]()
     assert torch.allclose(out["loss"], expected, atol=1e-5)
@@ -136,7 +188,9 @@ def test_contrastive_embeddings_normalised_and_infonce() -> None:
     a, b, neg = torch.randn(6, 8), torch.randn(6, 8), torch.randn(6, 8)
     for hard, sym in ((None, False), (neg, False), (None, True)):
         ref = losses.multiple_negatives_ranking_loss(a, b, 0.05, hard_negatives=hard, symmetric=sym)
-        assert torch.allclose(info_nce_loss(a, b, 0.05, ids=torch.arange(6), hard_negatives=hard, symmetric=sym), ref)
+        assert torch.allclose(
+            info_nce_loss(a, b, 0.05, ids=torch.arange(6), hard_negatives=hard, symmetric=sym), ref
+        )
     # a row sharing the anchor's id is not a negative: duplicating a positive no longer hurts
     b2 = b.clone()
     b2[1] = b[0]
@@ -153,16 +207,21 @@ def test_contrastive_head_normalises_and_simcse(tokenizer: Any) -> None:
     assert torch.isfinite(out["loss"])
     single = model(batch["input_ids"], batch["attention_mask"], labels=torch.arange(4))  # SimCSE: two views
     assert {"embeddings", "embeddings_2", "loss"} <= set(single)
-    m = label_retrieval_metrics(out["embeddings_1"].detach().numpy(), out["embeddings_2"].detach().numpy(),
-                                np.arange(4))  # fmt: skip
+    m = label_retrieval_metrics(
+        out["embeddings_1"].detach().numpy(), out["embeddings_2"].detach().numpy(), np.arange(4)
+    )
     assert set(m) == {"mrr", "recall@1", "recall@5", "recall@10"} and 0 < m["mrr"] <= 1
 
 
 @pytest.mark.parametrize("loss_type", ["pointwise", "ranknet", "margin", "listwise"])
 def test_ranking_objectives(loss_type: str, tokenizer: Any) -> None:
     model = _model("ranking", tokenizer, loss_type=loss_type).train()
-    enc = tokenizer(["q one", "q one", "q one", "q two", "q two"], ["a", "b c", "d", "e f", "g"],
-                    padding=True, return_tensors="pt")  # fmt: skip
+    enc = tokenizer(
+        ["q one", "q one", "q one", "q two", "q two"],
+        ["a", "b c", "d", "e f", "g"],
+        padding=True,
+        return_tensors="pt",
+    )
     groups, y = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0])
     out = model(**enc, labels=y, group_ids=groups)
     assert torch.equal(out["group_ids"], groups) and out["scores"].shape == (5,)
@@ -216,10 +275,13 @@ def test_pair_inputs_reach_the_backbone_with_token_types(tokenizer: Any) -> None
     batch = Collator(0)([{k: v[0] for k, v in feats.items()}])
     for arch, expect in (("bert", True), ("modernbert", False)):
         torch.manual_seed(0)
-        model = create_bert_with_head(head_type="regression", num_labels=1, bert_config=tiny_bert_config(arch),
-                                      tokenizer=tokenizer)  # fmt: skip
+        model = create_bert_with_head(
+            head_type="regression", num_labels=1, bert_config=tiny_bert_config(arch), tokenizer=tokenizer
+        )
         seen: dict[str, Any] = {}
-        hook = model.bert.model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+        hook = model.bert.model.register_forward_pre_hook(
+            lambda m, a, kw, s=seen: s.update(kw), with_kwargs=True
+        )
         model(**batch)
         hook.remove()
         assert ("token_type_ids" in seen) == expect
@@ -228,13 +290,30 @@ def test_pair_inputs_reach_the_backbone_with_token_types(tokenizer: Any) -> None
 
 
 # ------------------------------------------------------------------------------------ runner / CLI
-def test_similarity_end_to_end_predict_evaluate_embed(tiny_backbone: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_similarity_end_to_end_predict_evaluate_embed(
+    tiny_backbone: Path, data_dir: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "sts"
-    res = _cli("train", data_dir / "sts.csv", "--task", "similarity", "--text-columns", "q,a", "--test",
-               data_dir / "sts.csv", "--output", run, "--backbone", tiny_backbone, *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        data_dir / "sts.csv",
+        "--task",
+        "similarity",
+        "--text-columns",
+        "q,a",
+        "--test",
+        data_dir / "sts.csv",
+        "--output",
+        run,
+        "--backbone",
+        tiny_backbone,
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"spearman", "pearson"} <= set(metrics["test"]) and {"spearman", "pearson"} <= set(metrics["valid"])
+    assert {"spearman", "pearson"} <= set(metrics["test"]) and {"spearman", "pearson"} <= set(
+        metrics["valid"]
+    )
     res = _cli("predict", run, data_dir / "sts.csv", "--output", tmp_path / "p.csv")
     assert res.exit_code == 0, res.output
     pred, src = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(data_dir / "sts.csv")
@@ -243,7 +322,11 @@ def test_similarity_end_to_end_predict_evaluate_embed(tiny_backbone: Path, data_
     assert res.exit_code == 0 and "spearman" in json.loads((tmp_path / "e.json").read_text())
     # embed: input order preserved (a reversed file gives reversed rows), .npy and .parquet
     src.iloc[::-1].to_csv(tmp_path / "rev.csv", index=False)
-    for name, data in (("e.npy", data_dir / "sts.csv"), ("r.npy", tmp_path / "rev.csv"), ("e.parquet", data_dir / "sts.csv")):
+    for name, data in (
+        ("e.npy", data_dir / "sts.csv"),
+        ("r.npy", tmp_path / "rev.csv"),
+        ("e.parquet", data_dir / "sts.csv"),
+    ):
         res = _cli("embed", run, data, "--output", tmp_path / name)
         assert res.exit_code == 0, res.output
     fwd, rev = np.load(tmp_path / "e.npy"), np.load(tmp_path / "r.npy")
@@ -253,7 +336,9 @@ def test_similarity_end_to_end_predict_evaluate_embed(tiny_backbone: Path, data_
     assert _cli("embed", run, data_dir / "sts.csv", "--output", tmp_path / "x.txt").exit_code == 2
 
 
-def test_contrastive_triplets_detected_and_normalised(tiny_backbone: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_contrastive_triplets_detected_and_normalised(
+    tiny_backbone: Path, data_dir: Path, tmp_path: Path
+) -> None:
     res = _cli("analyze", data_dir / "triplets.csv", "--backbone", tiny_backbone)
     assert res.exit_code == 0 and "contrastive" in res.output and "negative" in res.output
     run = tmp_path / "con"
@@ -268,18 +353,37 @@ def test_contrastive_triplets_detected_and_normalised(tiny_backbone: Path, data_
 
 
 @pytest.mark.parametrize(("head", "loss"), [("ranking", "listwise"), ("ranking_bi_encoder", "pointwise")])
-def test_ranking_end_to_end(head: str, loss: str, tiny_backbone: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_ranking_end_to_end(
+    head: str, loss: str, tiny_backbone: Path, data_dir: Path, tmp_path: Path
+) -> None:
     res = _cli("analyze", data_dir / "rank.csv", "--backbone", tiny_backbone)
     assert res.exit_code == 0 and "ranking" in res.output and "without_positive=4" in res.output
     run = tmp_path / "rank"
     with pytest.warns(UserWarning, match=r"\d+ of \d+ training queries \(\d+ rows\) have no positive"):
-        res = _cli("train", data_dir / "rank.csv", "--group-column", "query_id", "--head", head, "--test",
-                   data_dir / "rank.csv", "--output", run, "--backbone", tiny_backbone, "--set",
-                   f"model.head_options.loss_type={loss}", *FAST)  # fmt: skip
+        res = _cli(
+            "train",
+            data_dir / "rank.csv",
+            "--group-column",
+            "query_id",
+            "--head",
+            head,
+            "--test",
+            data_dir / "rank.csv",
+            "--output",
+            run,
+            "--backbone",
+            tiny_backbone,
+            "--set",
+            f"model.head_options.loss_type={loss}",
+            *FAST,
+        )
     assert res.exit_code == 0, res.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"mrr", "map", "ndcg@10", "recall@1", "recall@5", "recall@10"} <= set(metrics["test"])
-    assert metrics["test"]["num_queries_without_positive"] == 4 and metrics["data"]["train_queries_without_positive"]
+    assert (
+        metrics["test"]["num_queries_without_positive"] == 4
+        and metrics["data"]["train_queries_without_positive"]
+    )
     res = _cli("predict", run, data_dir / "rank.csv", "--output", tmp_path / "ranked.csv")
     assert res.exit_code == 0, res.output
     ranked = pd.read_csv(tmp_path / "ranked.csv")
@@ -290,29 +394,72 @@ def test_ranking_end_to_end(head: str, loss: str, tiny_backbone: Path, data_dir:
 
 
 def test_ranking_cv_and_strict_groups(tiny_backbone: Path, data_dir: Path, tmp_path: Path) -> None:
-    res = _cli("cv", data_dir / "rank.csv", "--folds", "2", "--task", "ranking", "--output", tmp_path / "cv",
-               "--backbone", tiny_backbone, "--set", "model.head_options.loss_type=ranknet", *FAST)  # fmt: skip
+    res = _cli(
+        "cv",
+        data_dir / "rank.csv",
+        "--folds",
+        "2",
+        "--task",
+        "ranking",
+        "--output",
+        tmp_path / "cv",
+        "--backbone",
+        tiny_backbone,
+        "--set",
+        "model.head_options.loss_type=ranknet",
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     oof = pd.read_csv(tmp_path / "cv" / "oof.csv")
     assert len(oof) == 96 and set(oof["fold"]) == {0, 1} and oof["score"].notna().all()
     assert "mrr" in json.loads((tmp_path / "cv" / "metrics.json").read_text())["oof"]
-    res = _cli("train", data_dir / "rank.csv", "--task", "ranking", "--strict", "--output", tmp_path / "s",
-               "--backbone", tiny_backbone, *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        data_dir / "rank.csv",
+        "--task",
+        "ranking",
+        "--strict",
+        "--output",
+        tmp_path / "s",
+        "--backbone",
+        tiny_backbone,
+        *FAST,
+    )
     assert res.exit_code == 2 and "have no positive candidate" in res.output
 
 
-@pytest.mark.parametrize(("task", "keys"), [("regression", {"spearman", "pearson"}), ("binary", {"accuracy", "f1"}),
-                                            ("ordinal", {"accuracy"})])  # fmt: skip
-def test_cross_encoder_pairs_through_sequence_pipeline(task: str, keys: set, tiny_backbone: Path, data_dir: Path,
-                                                       tmp_path: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "keys"),
+    [("regression", {"spearman", "pearson"}), ("binary", {"accuracy", "f1"}), ("ordinal", {"accuracy"})],
+)
+def test_cross_encoder_pairs_through_sequence_pipeline(
+    task: str, keys: set, tiny_backbone: Path, data_dir: Path, tmp_path: Path
+) -> None:
     """Two named text columns become one cross-encoder input for every sequence-level head."""
     frame = pd.read_csv(data_dir / "sts.csv")
     if task != "regression":
-        frame["score"] = (frame["score"] > 2.5).astype(int) if task == "binary" else frame["score"].round().astype(int)
+        frame["score"] = (
+            (frame["score"] > 2.5).astype(int) if task == "binary" else frame["score"].round().astype(int)
+        )
     frame.to_csv(tmp_path / "pairs.csv", index=False)
     run = tmp_path / task
-    res = _cli("train", tmp_path / "pairs.csv", "--text-columns", "q,a", "--label-column", "score", "--task", task,
-               "--test", tmp_path / "pairs.csv", "--output", run, "--backbone", tiny_backbone, *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        tmp_path / "pairs.csv",
+        "--text-columns",
+        "q,a",
+        "--label-column",
+        "score",
+        "--task",
+        task,
+        "--test",
+        tmp_path / "pairs.csv",
+        "--output",
+        run,
+        "--backbone",
+        tiny_backbone,
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     assert keys <= set(json.loads((run / "metrics.json").read_text())["test"])
     profile = json.loads((run / "profile.json").read_text())
@@ -320,19 +467,54 @@ def test_cross_encoder_pairs_through_sequence_pipeline(task: str, keys: set, tin
 
 
 def test_bad_inputs_are_reported_with_counts(tiny_backbone: Path, data_dir: Path, tmp_path: Path) -> None:
-    res = _cli("train", data_dir / "sts.csv", "--task", "similarity", "--text-columns", "q,zzz", "--output",
-               tmp_path / "r1", "--backbone", tiny_backbone, *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        data_dir / "sts.csv",
+        "--task",
+        "similarity",
+        "--text-columns",
+        "q,zzz",
+        "--output",
+        tmp_path / "r1",
+        "--backbone",
+        tiny_backbone,
+        *FAST,
+    )
     assert res.exit_code == 2 and "second text column 'zzz'" in res.output
-    res = _cli("train", data_dir / "sts.csv", "--task", "similarity", "--text-columns", "q,a", "--output",
-               tmp_path / "r2", "--backbone", tiny_backbone, "--set", "model.head_options.extra.score_range=[0,1]",
-               *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        data_dir / "sts.csv",
+        "--task",
+        "similarity",
+        "--text-columns",
+        "q,a",
+        "--output",
+        tmp_path / "r2",
+        "--backbone",
+        tiny_backbone,
+        "--set",
+        "model.head_options.extra.score_range=[0,1]",
+        *FAST,
+    )
     assert res.exit_code == 2 and "outside the declared range [0, 1]" in res.output
     assert "rows have scores outside" in res.output and " of " in res.output
     frame = pd.read_csv(data_dir / "sts.csv")
     frame.loc[[1, 4, 7], "a"] = ""
     frame.to_csv(tmp_path / "holes.csv", index=False)
-    res = _cli("train", tmp_path / "holes.csv", "--task", "similarity", "--text-columns", "q,a", "--strict",
-               "--output", tmp_path / "r3", "--backbone", tiny_backbone, *FAST)  # fmt: skip
+    res = _cli(
+        "train",
+        tmp_path / "holes.csv",
+        "--task",
+        "similarity",
+        "--text-columns",
+        "q,a",
+        "--strict",
+        "--output",
+        tmp_path / "r3",
+        "--backbone",
+        tiny_backbone,
+        *FAST,
+    )
     assert res.exit_code == 2 and "3 of" in res.output and "empty second text" in res.output
     from bertkit.tasks.pairs import analyze_pairs, check_frame
 

@@ -35,8 +35,9 @@ class _Acc:
 @pytest.fixture()
 def tiny(tokenizer):
     torch.manual_seed(0)
-    return create_bert_with_head(num_labels=2, label_names=["neg", "pos"], bert_config=tiny_bert_config("bert"),
-                                 tokenizer=tokenizer)
+    return create_bert_with_head(
+        num_labels=2, label_names=["neg", "pos"], bert_config=tiny_bert_config("bert"), tokenizer=tokenizer
+    )
 
 
 @pytest.fixture()
@@ -104,8 +105,10 @@ def test_awp_perturbs_weights_inside_the_box_and_restores_exactly(tiny, labelled
     delta = seen["w"][name] - before[name]
     assert delta.abs().max() > 0
     assert torch.all(delta.abs() <= 0.01 * before[name].abs() + 1e-7)
-    assert torch.equal(seen["w"]["bert.model.encoder.layer.0.attention.self.query.bias"],
-                       before["bert.model.encoder.layer.0.attention.self.query.bias"])  # biases untouched
+    assert torch.equal(
+        seen["w"]["bert.model.encoder.layer.0.attention.self.query.bias"],
+        before["bert.model.encoder.layer.0.attention.self.query.bias"],
+    )  # biases untouched
     after = _params(tiny)
     assert all(torch.equal(before[n], after[n]) for n in before)
 
@@ -182,8 +185,15 @@ def test_trainer_runs_with_fgm_and_ema(tiny, tokenizer) -> None:
     df = read_table(DEMO).iloc[:48].reset_index(drop=True)
     prep = prepare_frame(df, analyze_dataset(df))
     ds = TokenizedDataset(tokenize_texts(tokenizer, prep.texts_a, max_length=24), prep.targets)
-    cfg = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, progress=False, adversarial="fgm",
-                         ema_decay=0.9, device="cpu")
+    cfg = TrainingConfig(
+        epochs=1,
+        batch_size=16,
+        learning_rate=1e-3,
+        progress=False,
+        adversarial="fgm",
+        ema_decay=0.9,
+        device="cpu",
+    )
     trainer = Trainer(tiny, None, cfg)
     result = trainer.train(ds, ds)
     ema = next(t for t in trainer.tricks if isinstance(t, EMA))
@@ -201,8 +211,10 @@ def test_reinit_changes_only_the_top_layers(tiny) -> None:
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all(".layer.1." in n or "pooler" in n for n in changed)
     assert set(names) >= changed and all(".layer.0." not in n and "embeddings" not in n for n in names)
-    assert torch.equal(after["model.encoder.layer.1.output.LayerNorm.weight"],
-                       torch.ones_like(after["model.encoder.layer.1.output.LayerNorm.weight"]))
+    assert torch.equal(
+        after["model.encoder.layer.1.output.LayerNorm.weight"],
+        torch.ones_like(after["model.encoder.layer.1.output.LayerNorm.weight"]),
+    )
     with pytest.raises(ConfigError, match="out of range"):
         reinit_top_layers(tiny.bert, 3)
 
@@ -227,8 +239,13 @@ def test_gem_and_layer_cls_pooling_shapes_and_masking(kind: str) -> None:
 
 def test_layer_cls_model_turns_on_hidden_states(tokenizer, batch) -> None:
     torch.manual_seed(0)
-    model = create_bert_with_head(num_labels=3, bert_config=tiny_bert_config("bert"), tokenizer=tokenizer,
-                                  pooling_type="layer_cls_weighted", extra={"pooling_layers": 2})
+    model = create_bert_with_head(
+        num_labels=3,
+        bert_config=tiny_bert_config("bert"),
+        tokenizer=tokenizer,
+        pooling_type="layer_cls_weighted",
+        extra={"pooling_layers": 2},
+    )
     assert model.bert.config.output_hidden_states
     out = model(**batch)
     assert out["logits"].shape == (3, 3)
@@ -241,19 +258,25 @@ def test_postprocess_fit_and_apply_per_task() -> None:
     p1 = np.where(y == 1, 0.15 + 0.3 * rng.random(400), 0.2 * rng.random(400))  # under-confident positives
     params = pp.fit_postprocess("binary", {"probabilities": np.stack([1 - p1, p1], 1)}, y)
     assert params["kind"] == "binary_threshold" and params["threshold"] < 0.5
-    out = pp.apply_postprocess(params, {"probabilities": np.stack([1 - p1, p1], 1), "predictions": (p1 >= 0.5) * 1})
+    out = pp.apply_postprocess(
+        params, {"probabilities": np.stack([1 - p1, p1], 1), "predictions": (p1 >= 0.5) * 1}
+    )
     assert (out["predictions"] == (p1 >= params["threshold"])).all()
     # ordinal: a score squeezed towards the middle; cut-points fitted for QWK beat rounding
     y_ord = rng.integers(0, 5, 500)
     proba = np.eye(5)[np.clip(np.round(2 + 0.5 * (y_ord - 2) + rng.normal(0, 0.3, 500)), 0, 4).astype(int)]
     proba = 0.7 * proba + 0.3 / 5
     cuts = pp.fit_postprocess("ordinal", {"probabilities": proba}, y_ord)
-    tuned = pp.apply_postprocess(cuts, {"probabilities": proba, "predictions": proba.argmax(1)})["predictions"]
+    tuned = pp.apply_postprocess(cuts, {"probabilities": proba, "predictions": proba.argmax(1)})[
+        "predictions"
+    ]
     from bertkit.metrics import ordinal_metrics
 
     assert ordinal_metrics(y_ord, tuned)["qwk"] > ordinal_metrics(y_ord, proba.argmax(1))["qwk"]
     clip = pp.fit_postprocess("regression", {"predictions": np.zeros(3)}, np.array([-1.0, 0.5, 2.0]))
-    assert pp.apply_postprocess(clip, {"predictions": np.array([-5.0, 1.0, 9.0])})["predictions"].tolist() == [-1, 1, 2]
+    assert pp.apply_postprocess(clip, {"predictions": np.array([-5.0, 1.0, 9.0])})[
+        "predictions"
+    ].tolist() == [-1, 1, 2]
 
 
 def test_predict_applies_the_saved_postprocessing(tiny, tmp_path: Path) -> None:
@@ -265,7 +288,9 @@ def test_predict_applies_the_saved_postprocessing(tiny, tmp_path: Path) -> None:
     assert load_predictor(tmp_path).predict(texts) == ["pos"] * 4
     pp.save_postprocess(tmp_path / "model", {"kind": "binary_threshold", "threshold": 1.01})
     predictor = load_predictor(tmp_path)
-    assert predictor.predict(texts) == ["neg"] * 4 and float(predictor.model.head.threshold) == pytest.approx(1.01)
+    assert predictor.predict(texts) == ["neg"] * 4 and float(predictor.model.head.threshold) == pytest.approx(
+        1.01
+    )
 
 
 # ------------------------------------------------------------------------------ leakage (the key test)
@@ -273,8 +298,11 @@ def test_threshold_tuning_never_fits_on_the_fold_it_is_applied_to() -> None:
     rng = np.random.default_rng(1)
     n, folds = 90, np.arange(90) % 3
     row_id = np.arange(n, dtype=np.float64)
-    outputs = {"probabilities": np.stack([1 - rng.random(n), rng.random(n)], 1), "row": row_id,
-               "predictions": np.zeros(n, dtype=np.int64)}
+    outputs = {
+        "probabilities": np.stack([1 - rng.random(n), rng.random(n)], 1),
+        "row": row_id,
+        "predictions": np.zeros(n, dtype=np.int64),
+    }
     targets = rng.integers(0, 2, n)
     used: list[set[int]] = []
 
@@ -295,11 +323,15 @@ def test_pseudo_labels_for_a_fold_come_only_from_models_that_never_saw_its_valid
     from bertkit.training import pseudo
 
     n, k = 30, 3
-    df = pd.DataFrame({"text": [f"labelled text number {i}" for i in range(n)], "label": np.linspace(0, 1, n)})
+    df = pd.DataFrame(
+        {"text": [f"labelled text number {i}" for i in range(n)], "label": np.linspace(0, 1, n)}
+    )
     unl = tmp_path / "unlabelled.csv"
     pd.DataFrame({"text": [f"unlabelled {i}" for i in range(12)]}).to_csv(unl, index=False)
     fold_of = np.arange(n) % k
-    knowledge: dict[tuple[int, int], set[int]] = {}  # labelled rows a model learnt from, directly or via teachers
+    knowledge: dict[
+        tuple[int, int], set[int]
+    ] = {}  # labelled rows a model learnt from, directly or via teachers
 
     def fake_cv(data, out, cfg, folds, group_column=None, test_path=None, extra_train=None):
         r = int(Path(out).name.split("_")[1])
@@ -307,11 +339,13 @@ def test_pseudo_labels_for_a_fold_come_only_from_models_that_never_saw_its_valid
             from bertkit.data import TokenizedDataset
 
             train_rows = np.flatnonzero(fold_of != fold)
-            base = TokenizedDataset({"input_ids": [[101, 102]] * len(train_rows)}, train_rows.astype(np.float32))
+            base = TokenizedDataset(
+                {"input_ids": [[101, 102]] * len(train_rows)}, train_rows.astype(np.float32)
+            )
             seen = set(train_rows.tolist())
             if extra_train is not None:
                 merged = extra_train(fold, base)
-                codes = np.asarray(merged.targets)[len(train_rows):]
+                codes = np.asarray(merged.targets)[len(train_rows) :]
                 for code in set(codes.tolist()):  # each pseudo target encodes its teacher (round, fold)
                     seen |= knowledge[(int(code) // 100, int(code) % 100)]
             knowledge[(r, fold)] = seen
@@ -323,8 +357,9 @@ def test_pseudo_labels_for_a_fold_come_only_from_models_that_never_saw_its_valid
 
     monkeypatch.setattr(pseudo.cv_module, "cross_validate", fake_cv)
     monkeypatch.setattr(pseudo, "predict_model_dir", fake_predict)
-    cfg = build_run_config("quick", sets=[f"training.pseudo_file={unl}", "training.pseudo_rounds=2",
-                                          "data.task=regression"])
+    cfg = build_run_config(
+        "quick", sets=[f"training.pseudo_file={unl}", "training.pseudo_rounds=2", "data.task=regression"]
+    )
     result = pseudo.pseudo_cross_validate(df, tmp_path / "run", cfg, folds=k)
     assert {(r, f) for r in range(3) for f in range(k)} == set(knowledge)
     for (r, fold), seen in knowledge.items():
@@ -373,17 +408,35 @@ def test_ablate_then_blend_on_a_tiny_backbone(tiny_backbone: Path, tmp_path: Pat
     from bertkit.training.ablate import ablate
     from bertkit.training.blend import blend_runs
 
-    sets = ["training.epochs=1", "training.max_length=24", "training.batch_size=16", "training.learning_rate=0.001",
-            "training.progress=false", "data.max_train_samples=48", "training.device=cpu"]
-    table = ablate(DEMO, tmp_path / "abl", ["postprocess"], folds=2, base="quick", sets=sets,
-                   overrides={"model": {"backbone": str(tiny_backbone)}})
+    sets = [
+        "training.epochs=1",
+        "training.max_length=24",
+        "training.batch_size=16",
+        "training.learning_rate=0.001",
+        "training.progress=false",
+        "data.max_train_samples=48",
+        "training.device=cpu",
+    ]
+    table = ablate(
+        DEMO,
+        tmp_path / "abl",
+        ["postprocess"],
+        folds=2,
+        base="quick",
+        sets=sets,
+        overrides={"model": {"backbone": str(tiny_backbone)}},
+    )
     assert table["variant"].tolist() == ["base", "postprocess"]
     assert {"mean", "std", "delta", "wall_seconds"} <= set(table.columns)
-    assert (tmp_path / "abl" / "ablation.csv").is_file() and "Ablation" in (tmp_path / "abl" / "report.html").read_text()
+    assert (tmp_path / "abl" / "ablation.csv").is_file() and "Ablation" in (
+        tmp_path / "abl" / "report.html"
+    ).read_text()
     assert (tmp_path / "abl" / "postprocess" / "fold_0" / "model" / "postprocess.json").is_file()
     metrics = json.loads((tmp_path / "abl" / "postprocess" / "metrics.json").read_text())
     assert "oof_after" in metrics["postprocessing"]
-    report = blend_runs([tmp_path / "abl" / "base", tmp_path / "abl" / "postprocess"], tmp_path / "blend", "lsq")
+    report = blend_runs(
+        [tmp_path / "abl" / "base", tmp_path / "abl" / "postprocess"], tmp_path / "blend", "lsq"
+    )
     assert len(report["weights"]) == 2 and sum(report["weights"]) == pytest.approx(1.0)
     assert len(pd.read_csv(tmp_path / "blend" / "oof_blend.csv")) == 48
 
@@ -394,8 +447,11 @@ def test_pretrain_output_is_a_usable_backbone(tiny_backbone: Path, tmp_path: Pat
 
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(pd.read_csv(DEMO)["text"].head(40)), encoding="utf-8")
-    report = pretrain(texts, tmp_path / "mlm", PretrainConfig(backbone=str(tiny_backbone), max_steps=3,
-                                                               batch_size=4, max_length=32))
+    report = pretrain(
+        texts,
+        tmp_path / "mlm",
+        PretrainConfig(backbone=str(tiny_backbone), max_steps=3, batch_size=4, max_length=32),
+    )
     assert report["steps"] == 3 and (tmp_path / "mlm" / "pretrain.json").is_file()
     core = create_bert_core(str(tmp_path / "mlm"))
     assert core.hidden_size == 32

@@ -5,6 +5,7 @@ from bertkit.heads import (  # noqa: F401
     classification,
     pairs,
     qa,
+    ranking,
     regression,
     relation,
     sequence,
@@ -35,13 +36,9 @@ from bertkit.heads.nlp_head import (
     create_nlp_head,
     nlp_head_config,
 )
-from bertkit.heads.pairs import (
-    BiEncoderRankingHead,
-    ContrastiveLearningHead,
-    RankingHead,
-    TextSimilarityHead,
-)
+from bertkit.heads.pairs import ContrastiveLearningHead, TextSimilarityHead
 from bertkit.heads.qa import QuestionAnsweringHead
+from bertkit.heads.ranking import BiEncoderRankingHead, RankingHead
 from bertkit.heads.regression import OrdinalRegressionHead, RegressionHead
 from bertkit.heads.relation import RelationExtractionHead, add_entity_markers
 from bertkit.heads.sequence import TimeSeriesClassificationHead, TimeSeriesRegressionHead

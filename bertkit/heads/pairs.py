@@ -1,4 +1,4 @@
-"""Pair heads: bi-encoder text similarity, contrastive embeddings (InfoNCE) and learning-to-rank.
+"""Pair heads: bi-encoder text similarity and contrastive embeddings (InfoNCE), and their shared base.
 
 * :class:`TextSimilarityHead` (``text_similarity``, bi-encoder): each text is encoded separately by the shared
   encoder and pooling; similarity ``cosine``, ``dot`` or ``learned`` (an MLP over ``[u; v; |u-v|; u*v]``).
@@ -6,9 +6,8 @@
   (classifier over ``[u; v; |u-v|]``, SBERT's SoftmaxLoss).
 * :class:`ContrastiveLearningHead` (``contrastive``, bi-encoder): in-batch-negatives InfoNCE (multiple negatives
   ranking) with a temperature, optional hard negatives and a symmetric option; embeddings are L2-normalised.
-* :class:`RankingHead` (``ranking``, cross-encoder over ``[CLS] query [SEP] candidate [SEP]``) and
-  :class:`BiEncoderRankingHead` (``ranking_bi_encoder``, a retriever): pointwise (BCE), pairwise (RankNet or
-  margin) and listwise (softmax over the query's candidates) objectives on query-grouped rows.
+* The ranking heads (``ranking`` cross-encoder, ``ranking_bi_encoder`` retriever) live in
+  :mod:`bertkit.heads.ranking` and reuse :class:`BiEncoderHead` and the helpers here.
 
 Bi-encoder batches carry ``input_ids``/``attention_mask`` (first text), ``input_ids_b``/``attention_mask_b``
 (second text) and optionally ``input_ids_neg``/``attention_mask_neg`` (hard negatives); ranking batches carry
@@ -26,14 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit import losses, metrics
-from bertkit.config import HeadConfig, check_choice
+from bertkit.config import check_choice
 from bertkit.errors import ConfigError
 from bertkit.heads.base import BaseHead, register_head, to_numpy
 
 SIMILARITIES = ("cosine", "dot", "learned")
 SIMILARITY_LOSSES = ("cosent", "cosine_mse", "contrastive", "softmax")
-RANKING_LOSSES = ("pointwise", "ranknet", "margin", "listwise")
-_RANKING_ALIASES = {"bce": "pointwise", "pairwise": "ranknet"}
 _RANKS = (1, 5, 10)
 _MAX_METRIC_ROWS = 2000  # single-text metrics compare all pairs: cap the rows (first N) to bound O(N^2)
 
@@ -88,23 +85,6 @@ def info_nce_loss(
     return loss
 
 
-def ranking_loss(
-    kind: str, scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor | None, margin: float = 1.0
-) -> torch.Tensor:
-    """One ranking objective over [N] scores of query-grouped rows (no ``group_ids``: one group)."""
-    scores = scores.reshape(-1).float()
-    labels = labels.reshape(-1).to(scores.device).float()
-    if group_ids is None:
-        group_ids = torch.zeros_like(labels, dtype=torch.long)
-    if kind == "pointwise":
-        return F.binary_cross_entropy_with_logits(scores, labels.clamp(0.0, 1.0))
-    if kind == "ranknet":
-        return losses.ranknet_loss(scores, labels, group_ids)
-    if kind == "margin":
-        return losses.pairwise_margin_loss(scores, labels, group_ids, margin=margin)
-    return losses.listwise_softmax_loss(scores, labels, group_ids)
-
-
 def label_retrieval_metrics(query: np.ndarray, docs: np.ndarray | None, ids: np.ndarray) -> dict[str, float]:
     """Retrieval over a set: each query row ranks every doc row; docs sharing its id are the relevant ones.
 
@@ -146,6 +126,7 @@ class BiEncoderHead(BaseHead):
     level = "bi_encoder"
     default_pooling = "mean"
     normalize_embeddings = False
+    simcse_views = False
 
     def _build_output_layer(self) -> None:
         self.output = nn.Identity()
@@ -183,6 +164,38 @@ class BiEncoderHead(BaseHead):
         return self.encode(
             bert, ids, kwargs.get(f"attention_mask{suffix}"), kwargs.get(f"token_type_ids{suffix}")
         )
+
+    def forward_encoder(
+        self,
+        bert: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Encode each text separately with the shared encoder; a single text returns its embedding.
+
+        Reads the second text (``input_ids_b``...), hard negatives (``input_ids_neg``...) and ``group_ids``
+        from ``kwargs``; the subclass's ``_pair_outputs`` turns the embeddings into scores.
+        """
+        u = self.encode(bert, input_ids, attention_mask, token_type_ids)  # [B, D]
+        v = self._second(bert, kwargs, "_b")  # [B, D]
+        if v is None:
+            out = {"embeddings": u}
+            if self.training and self.simcse_views:  # a second dropout view of the same texts (SimCSE)
+                out["embeddings_2"] = self.encode(bert, input_ids, attention_mask, token_type_ids)
+            return out
+        out = {"embeddings_1": u, "embeddings_2": v, **self._pair_outputs(u, v)}
+        neg = self._second(bert, kwargs, "_neg")  # [B, D]
+        if neg is not None:
+            out.update(embeddings_neg=neg, negative_score=self._pair_outputs(u, neg)["similarity_score"])
+        if kwargs.get("group_ids") is not None:
+            out["group_ids"] = kwargs["group_ids"]
+        return out
+
+    def _pair_outputs(self, u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scores of embedding pairs u, v [B, D]: at least ``similarity_score`` [B] (cosine by default)."""
+        return {"similarity_score": F.cosine_similarity(u.float(), v.float(), dim=-1)}
 
     def format_predictions(self, outputs: dict[str, np.ndarray], proba: bool = False) -> dict[str, Any]:
         if "embeddings" in outputs:
@@ -251,20 +264,8 @@ class TextSimilarityHead(BiEncoderHead):
         assert self.classifier is not None
         return self.classifier(self.dropout(pair_features(u, v, with_product=False)))  # [B, C]
 
-    def forward_encoder(
-        self,
-        bert: nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        """Encode both texts separately with the shared encoder; a single text returns its embedding."""
-        u = self.encode(bert, input_ids, attention_mask, token_type_ids)  # [B, D]
-        v = self._second(bert, kwargs, "_b")
-        if v is None:
-            return {"embeddings": u}
-        out = {"similarity_score": self.score(u, v), "embeddings_1": u, "embeddings_2": v}
+    def _pair_outputs(self, u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"similarity_score": self.score(u, v)}
         if self.classifier is not None:
             logits = self._classify(u, v)  # [B, C]
             probs = torch.softmax(logits.float(), dim=-1)
@@ -366,6 +367,7 @@ class ContrastiveLearningHead(BiEncoderHead):
 
     task = "contrastive"
     normalize_embeddings = True
+    simcse_views = True
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
@@ -382,27 +384,8 @@ class ContrastiveLearningHead(BiEncoderHead):
         self.register_buffer("temperature", torch.tensor(temperature))
         self.symmetric = bool(self.config.extra.get("symmetric", False))
 
-    def forward_encoder(
-        self,
-        bert: nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        """Anchor, positive and hard-negative embeddings (normalised)."""
-        u = self.encode(bert, input_ids, attention_mask, token_type_ids)  # [B, D]
-        v = self._second(bert, kwargs, "_b")
-        if v is None:
-            out = {"embeddings": u}
-            if self.training:  # a second dropout view of the same texts (SimCSE)
-                out["embeddings_2"] = self.encode(bert, input_ids, attention_mask, token_type_ids)
-            return out
-        out = {"similarity_score": (u * v).sum(-1), "embeddings_1": u, "embeddings_2": v}
-        neg = self._second(bert, kwargs, "_neg")
-        if neg is not None:
-            out.update(embeddings_neg=neg, negative_score=(u * neg).sum(-1))
-        return out
+    def _pair_outputs(self, u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"similarity_score": (u * v).sum(-1)}  # [B] cosine of normalised embeddings
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor | None) -> torch.Tensor:
         a = outputs.get("embeddings_1", outputs.get("embeddings"))
@@ -431,159 +414,3 @@ class ContrastiveLearningHead(BiEncoderHead):
 
     def primary_metric(self) -> tuple[str, str]:
         return "mrr", "max"
-
-
-def _ranking_options(head: BaseHead) -> tuple[str, float]:
-    name = str(head.config.loss_type or "listwise").lower()
-    kind = check_choice("loss_type", _RANKING_ALIASES.get(name, name), RANKING_LOSSES)
-    return kind, float(head.config.extra.get("margin", 1.0))
-
-
-def _ranking_metrics(outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
-    scores = outputs["scores"].reshape(-1)
-    groups = outputs.get("group_ids", np.zeros(len(scores), dtype=np.int64))
-    return metrics.ranking_metrics(groups, np.asarray(targets, dtype=float).reshape(-1), scores, ks=_RANKS)
-
-
-@register_head(
-    "ranking",
-    competition_types=["ranking", "reranking", "answer_selection"],
-    priority=10,
-    description="Cross-encoder reranker: one score per (query, candidate); pointwise/pairwise/listwise loss.",
-)
-class RankingHead(BaseHead):
-    """Cross-encoder ranking head over ``[CLS] query [SEP] candidate [SEP]`` inputs.
-
-    ``loss_type``: ``pointwise`` (BCE, alias ``bce``), ``ranknet`` (alias ``pairwise``), ``margin`` (hinge,
-    ``extra.margin`` = 1.0) or ``listwise`` (default; softmax over the query's candidates). ``group_ids`` [B]
-    (a query id per row) is passed through ``forward`` to the loss; without it the batch is one group.
-    Outputs: ``logits``/``scores`` [B] (+ ``group_ids``). Metrics: MRR, MAP, NDCG@k, recall@k per query.
-    """
-
-    task = "ranking"
-    default_pooling = "cls"
-
-    @classmethod
-    def example_config(cls) -> dict[str, Any]:
-        return {"num_labels": 1, "loss_type": "listwise"}
-
-    def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
-        return (torch.arange(batch_size) % 2).float()
-
-    @staticmethod
-    def default_output_size(config: HeadConfig) -> int:
-        return 1
-
-    def _build_loss_function(self) -> None:
-        self.loss_type, self.margin = _ranking_options(self)
-
-    def forward(
-        self,
-        hidden_states: Any,
-        attention_mask: torch.Tensor | None = None,
-        group_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        pooled = self._apply_pooling(hidden_states, attention_mask)  # [B, H]
-        scores = self._features_to_logits(self.projection(pooled)).squeeze(-1)  # [B]
-        out = {"logits": scores, "scores": scores.float()}
-        if group_ids is not None:
-            out["group_ids"] = group_ids
-        return out
-
-    def compute_loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        return ranking_loss(self.loss_type, outputs["scores"], targets, outputs.get("group_ids"), self.margin)
-
-    def compute_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
-        return _ranking_metrics(outputs, targets)
-
-    def primary_metric(self) -> tuple[str, str]:
-        return "mrr", "max"
-
-    def format_predictions(self, outputs: dict[str, np.ndarray], proba: bool = False) -> dict[str, Any]:
-        return {"score": outputs["scores"].tolist()}
-
-
-@register_head(
-    "ranking_bi_encoder",
-    competition_types=["retrieval", "ranking"],
-    priority=5,
-    description="Bi-encoder retriever: scaled cosine of query and candidate embeddings, same ranking losses.",
-)
-class BiEncoderRankingHead(BiEncoderHead):
-    """Bi-encoder retriever on the same query-grouped data as :class:`RankingHead`.
-
-    Score = ``cosine(query, candidate) / temperature`` (``extra.temperature`` 0.05; ``extra.similarity`` may be
-    ``dot``). Same ``loss_type`` choices and metrics as :class:`RankingHead`. Single texts with labels rank the
-    other rows of the batch (same label = relevant).
-    """
-
-    task = "ranking"
-
-    @classmethod
-    def example_config(cls) -> dict[str, Any]:
-        return {"num_labels": 1, "hidden_sizes": [16], "loss_type": "listwise"}
-
-    def example_targets(self, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
-        return (torch.arange(batch_size) % 2).float()
-
-    def _build_output_layer(self) -> None:
-        super()._build_output_layer()
-        self.similarity = check_choice(
-            "similarity", self.config.extra.get("similarity", "cosine"), ("cosine", "dot")
-        )
-        self.register_buffer("temperature", torch.tensor(float(self.config.extra.get("temperature", 0.05))))
-
-    def _build_loss_function(self) -> None:
-        self.loss_type, self.margin = _ranking_options(self)
-
-    def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Ranking score [B] of query/candidate embeddings [B, D]."""
-        if self.similarity == "cosine":
-            return F.cosine_similarity(u.float(), v.float(), dim=-1) / self.temperature
-        return (u.float() * v.float()).sum(-1)
-
-    def forward_encoder(
-        self,
-        bert: nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        """Query (``input_ids``) and candidate (``input_ids_b``) embeddings and their score."""
-        u = self.encode(bert, input_ids, attention_mask, token_type_ids)  # [B, D]
-        v = self._second(bert, kwargs, "_b")
-        if v is None:
-            return {"embeddings": u}
-        out = {
-            "scores": self.score(u, v),
-            "similarity_score": F.cosine_similarity(u.float(), v.float(), dim=-1),
-            "embeddings_1": u,
-            "embeddings_2": v,
-        }
-        if kwargs.get("group_ids") is not None:
-            out["group_ids"] = kwargs["group_ids"]
-        return out
-
-    def compute_loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        if "embeddings" in outputs:  # single texts: each row ranks the others, same label = relevant
-            emb, y = outputs["embeddings"], targets.reshape(-1)
-            i, j = _pairs(emb.shape[0], emb.device, ordered=True)
-            return ranking_loss(
-                self.loss_type, self.score(emb[i], emb[j]), (y[i] == y[j]).float(), i, self.margin
-            )
-        return ranking_loss(self.loss_type, outputs["scores"], targets, outputs.get("group_ids"), self.margin)
-
-    def compute_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
-        if "embeddings" in outputs:
-            return label_retrieval_metrics(outputs["embeddings"], None, targets)
-        return _ranking_metrics(outputs, targets)
-
-    def primary_metric(self) -> tuple[str, str]:
-        return "mrr", "max"
-
-    def format_predictions(self, outputs: dict[str, np.ndarray], proba: bool = False) -> dict[str, Any]:
-        if "embeddings" in outputs:
-            return super().format_predictions(outputs, proba)
-        return {"score": outputs["scores"].tolist()}

@@ -34,8 +34,12 @@ class _Embedder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         head, bert = self.model.head, self.model.bert
         if head.level == "bi_encoder":
             return {"embeddings": head.encode(bert, input_ids, attention_mask, token_type_ids)}  # [B, D]
@@ -43,8 +47,13 @@ class _Embedder(nn.Module):
         return {"embeddings": head._apply_pooling(encoded, encoded.attention_mask)}  # [B, H]
 
 
-def encode_texts(model: BertWithHead, texts: list[str], batch_size: int = 64, max_length: int | None = None,
-                 device: str = "auto") -> np.ndarray:  # fmt: skip
+def encode_texts(
+    model: BertWithHead,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
+) -> np.ndarray:
     """Embeddings ``[N, D]`` (float32) of ``texts`` in their input order."""
     from bertkit.inference.predictor import pick_device
 
@@ -64,8 +73,10 @@ def encode_texts(model: BertWithHead, texts: list[str], batch_size: int = 64, ma
 def _text_column(frame: pd.DataFrame, model: BertWithHead, text_column: str | None) -> str:
     if text_column is not None:
         if text_column not in frame.columns:
-            raise DataError(f"text column '{text_column}' is not in the data; columns: "
-                            f"{', '.join(map(repr, frame.columns))}")  # fmt: skip
+            raise DataError(
+                f"text column '{text_column}' is not in the data; columns: "
+                f"{', '.join(map(repr, frame.columns))}"
+            )
         return text_column
     profile = model.metadata.get("pair") or model.metadata.get("data") or {}
     for col in profile.get("text_columns", []):
@@ -76,7 +87,9 @@ def _text_column(frame: pd.DataFrame, model: BertWithHead, text_column: str | No
             return col
     if len(frame.columns) == 1:
         return str(frame.columns[0])
-    raise DataError(f"which column holds the text? pass --text-column; columns: {', '.join(map(repr, frame.columns))}")
+    raise DataError(
+        f"which column holds the text? pass --text-column; columns: {', '.join(map(repr, frame.columns))}"
+    )
 
 
 def embed_texts(
@@ -115,8 +128,11 @@ def embed_texts(
         column = _text_column(frame, model, text_column)
     empty = frame[column].map(is_missing)
     if empty.any():
-        warnings.warn(f"{int(empty.sum())} of {len(frame)} rows have an empty '{column}' (embedded as '')",
-                      UserWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{int(empty.sum())} of {len(frame)} rows have an empty '{column}' (embedded as '')",
+            UserWarning,
+            stacklevel=2,
+        )
     texts = ["" if e else str(v) for v, e in zip(frame[column].tolist(), empty.tolist())]
     emb = encode_texts(model, texts, batch_size=batch_size)
     if output is not None:

@@ -96,17 +96,21 @@ class Int8Recipe:
 
 _HEAD_NODES = (r"/head/", r"pooler")
 _FFN_OUT_NODES = (r"layer\.\d+/output/dense", r"ffn/lin2", r"/mlp/down_proj")
+_MM_ATT = ("MatMul", "Attention")
 
 #: named int8 recipes; "plain" is ONNX Runtime's default dynamic quantization (the baseline to beat)
 INT8_RECIPES: dict[str, Int8Recipe] = {
     "plain": Int8Recipe(per_channel=False, op_types=None, description="ORT defaults: per-tensor, every op type"),
-    "matmul": Int8Recipe(per_channel=False, description="per-tensor scales, MatMul only"),
-    "per_channel": Int8Recipe(description="per-channel scales, MatMul only"),
-    "per_channel_reduce_range": Int8Recipe(reduce_range=True, description="per-channel, 7-bit weights"),
-    "per_channel_keep_head": Int8Recipe(keep_fp32=_HEAD_NODES, description="per-channel; head/pooler in fp32"),
-    "per_channel_keep_ffn_out": Int8Recipe(
-        keep_fp32=_HEAD_NODES + _FFN_OUT_NODES, description="per-channel; head, pooler and FFN output in fp32"
-    ),
+    "per_tensor": Int8Recipe(per_channel=False, op_types=_MM_ATT, description="per-tensor, MatMul+Attention"),
+    "per_channel": Int8Recipe(op_types=_MM_ATT, description="per-channel, MatMul+Attention"),
+    "per_channel_reduce_range": Int8Recipe(op_types=_MM_ATT, reduce_range=True,
+                                           description="per-channel, 7-bit weights, MatMul+Attention"),
+    "per_channel_keep_head": Int8Recipe(op_types=_MM_ATT, keep_fp32=_HEAD_NODES,
+                                        description="per-channel, MatMul+Attention; head and pooler in fp32"),
+    "per_channel_keep_ffn_out": Int8Recipe(op_types=_MM_ATT, keep_fp32=_HEAD_NODES + _FFN_OUT_NODES,
+                                           description="per-channel; head, pooler and FFN down-projection in fp32"),
+    "ffn_only": Int8Recipe(op_types=("MatMul",), keep_fp32=_HEAD_NODES,
+                           description="per-channel MatMuls (FFN, projections); attention and head in fp32"),
 }
 DEFAULT_INT8_RECIPE = "per_channel_keep_head"
 
@@ -193,10 +197,11 @@ def _eager_attention(model: BertWithHead) -> Iterator[None]:
 def _export_graph(model: BertWithHead, path: Path, graph: str, opset: int) -> list[str]:
     """Trace ``model`` to ``path``; returns the output names."""
     with _eager_attention(model):
-        return _trace(model, path, graph, opset)
+        return trace_onnx(model, path, graph, opset)
 
 
-def _trace(model: BertWithHead, path: Path, graph: str, opset: int) -> list[str]:
+def trace_onnx(model: BertWithHead, path: Path, graph: str = "full", opset: int = DEFAULT_OPSET) -> list[str]:
+    """Trace ``model`` as it is (its own attention implementation) to ``path``; returns the output names."""
     batch = _batch(model, TRACE_TEXTS)
     names = _output_names(model, graph, batch)
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in batch else [])
@@ -301,12 +306,20 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], reci
         name, spec = recipe, INT8_RECIPES[recipe]
     else:
         name, spec = "custom", recipe
+    import onnx
+
     keep = _matching_nodes(src, spec.keep_fp32)
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=spec.per_channel,
-        reduce_range=spec.reduce_range, op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
-        nodes_to_exclude=keep,
-    )
+    logging.disable(logging.WARNING)  # "consider pre-processing" advice on every call
+    try:
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=spec.per_channel,
+            reduce_range=spec.reduce_range, op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
+            nodes_to_exclude=keep,
+            # fused com.microsoft operators defeat ONNX shape inference; their outputs are float tensors
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     return {"recipe": name, **asdict(spec), "nodes_kept_fp32": len(keep)}
 
 
@@ -343,6 +356,46 @@ def _copy_support_files(model: BertWithHead, source: Path | None, target: Path) 
     write_json(target / METADATA_FILE, meta)
 
 
+def _export_verified(model: BertWithHead, head: Any, folder: Path, graph: str, opset: int, atol: float,
+                     verify_texts: list[str] | None) -> tuple[str, list[str], OrtModel, dict[str, float]]:
+    """Trace the whole forward (else the encoder alone, with ``graph="auto"``) and check it against PyTorch."""
+    errors: list[str] = []
+    for kind in ["full", "encoder"] if graph == "auto" else [graph]:
+        try:
+            names = _export_graph(model, folder / FP32_FILE, kind, opset)
+            runtime = OrtModel(folder / FP32_FILE, head, kind, names, providers=["CPUExecutionProvider"])
+            diffs, problems = verify_export(model, runtime, verify_texts, atol)
+        except Exception as exc:  # tracing/ORT failures: report, maybe fall back
+            problems = [f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"]
+        if not problems:
+            return kind, names, runtime, diffs
+        errors.append(f"{kind} graph: {'; '.join(problems[:3])}")
+        logger.warning("ONNX export with the %s graph failed verification: %s", kind, "; ".join(problems[:3]))
+    raise ExportError(f"ONNX export does not reproduce the PyTorch model ({' | '.join(errors)})")
+
+
+def _optimize_verified(model: BertWithHead, head: Any, folder: Path, kind: str, names: list[str], runtime: OrtModel,
+                       diffs: dict[str, float], atol: float, verify_texts: list[str] | None,
+                       ) -> tuple[dict[str, int] | None, OrtModel, dict[str, float]]:
+    """Fuse the verified graph; keep the fused one only when it verifies as well."""
+    fused_path = folder / "model.fused.onnx"
+    fused = optimize_graph(folder / FP32_FILE, fused_path, model)
+    if fused is None:
+        return None, runtime, diffs
+    try:
+        fused_runtime = OrtModel(fused_path, head, kind, names, providers=["CPUExecutionProvider"])
+        fused_diffs, problems = verify_export(model, fused_runtime, verify_texts, atol)
+    except Exception as exc:  # an ORT kernel refusing the fused graph: keep the plain one
+        problems = [f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"]
+    if problems:
+        logger.info("ORT fusions dropped (%s); keeping the plain graph", "; ".join(problems[:2]))
+        fused_path.unlink(missing_ok=True)
+        return None, runtime, diffs
+    del runtime
+    os.replace(fused_path, folder / FP32_FILE)
+    return fused, OrtModel(folder / FP32_FILE, head, kind, names, providers=["CPUExecutionProvider"]), fused_diffs
+
+
 def export_model(
     model: BertWithHead | str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -353,6 +406,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     atol: float = 1e-4,
     verify_texts: list[str] | None = None,
+    optimize: bool = True,
 ) -> ExportResult:
     """Export a model (or a run/model folder) to a self-contained, verified ONNX folder.
 
@@ -366,6 +420,8 @@ def export_model(
         opset: ONNX opset.
         atol: largest allowed fp32 difference to PyTorch on the verification texts.
         verify_texts: texts for the check (default: built-in texts of several lengths).
+        optimize: apply ONNX Runtime's transformer fusions (kept only when they verify too); the graph then
+            uses ORT's ``com.microsoft`` operators and needs ONNX Runtime to run.
 
     Raises:
         ExportError: tracing failed, or ORT's outputs differ from PyTorch's.
@@ -389,23 +445,10 @@ def export_model(
     try:
         _copy_support_files(model, source, tmp)
         head = load_export_head(tmp)
-        errors: list[str] = []
-        chosen: tuple[str, list[str], OrtModel, dict[str, float]] | None = None
-        for kind in (["full", "encoder"] if graph == "auto" else [graph]):
-            try:
-                names = _export_graph(model, tmp / FP32_FILE, kind, opset)
-                runtime = OrtModel(tmp / FP32_FILE, head, kind, names, providers=["CPUExecutionProvider"])
-                diffs, problems = verify_export(model, runtime, verify_texts, atol)
-            except Exception as exc:  # tracing/ORT failures: report, maybe fall back
-                problems, diffs, names = [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"], {}, []
-            if not problems:
-                chosen = (kind, names, runtime, diffs)
-                break
-            errors.append(f"{kind} graph: {'; '.join(problems[:3])}")
-            logger.warning("ONNX export with the %s graph failed verification: %s", kind, "; ".join(problems[:3]))
-        if chosen is None:
-            raise ExportError(f"ONNX export does not reproduce the PyTorch model ({' | '.join(errors)})")
-        kind, names, runtime, diffs = chosen
+        kind, names, runtime, diffs = _export_verified(model, head, tmp, graph, opset, atol, verify_texts)
+        fused: dict[str, int] | None = None
+        if optimize:
+            fused, runtime, diffs = _optimize_verified(model, head, tmp, kind, names, runtime, diffs, atol, verify_texts)
         files = {"fp32": FP32_FILE}
         int8_report: dict[str, Any] = {}
         if quantize == "int8":
@@ -420,6 +463,7 @@ def export_model(
             "torch_version": torch.__version__, "inputs": [i.name for i in runtime.session.get_inputs()],
             "outputs": names, "files": files, "default": "int8" if quantize == "int8" else "fp32",
             "quantization": int8_report or None, "decoder_only": bool(model.bert.decoder_only),
+            "ort_fusions": fused,
             "verification": {"max_abs_diff": diffs, "atol": atol, "texts": len(verify_texts or VERIFY_TEXTS)},
             "task": model.head.task, "head_type": model.head.registry_name,
             "backbone": model.bert.config.model_name_or_path, "model_type": model.bert.model_type,

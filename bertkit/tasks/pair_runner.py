@@ -55,9 +55,14 @@ def _analyze(source: Any, cfg: RunConfig, backbone: str | None = None, tokenizer
     d = cfg.data
     texts = [d.text_column] if d.text_column else d.text_columns
     return analyze_pairs(
-        source, tokenizer or load_tokenizer(backbone or cfg.model.backbone), task=d.task if d.task in PAIR_TASKS else "auto",
-        text_columns=texts, label_column=d.label_column, group_column=d.group_column, id_column=d.id_column,
-    )  # fmt: skip
+        source,
+        tokenizer or load_tokenizer(backbone or cfg.model.backbone),
+        task=d.task if d.task in PAIR_TASKS else "auto",
+        text_columns=texts,
+        label_column=d.label_column,
+        group_column=d.group_column,
+        id_column=d.id_column,
+    )
 
 
 def _detect(path: Path) -> bool:
@@ -93,29 +98,55 @@ def build_pair_model(profile: PairProfile, cfg: RunConfig, tokenizer: Any) -> Be
     if head == "text_similarity" and opts.get("loss_type") == "softmax":
         names = profile.label_names or ["0", "1"]
     bert_config = dict(cfg.model.bert_options)
-    meta = {"runner": "pair", "pair": profile.to_dict(), "max_length": cfg.training.max_length, "truncation": "head"}
+    meta = {
+        "runner": "pair",
+        "pair": profile.to_dict(),
+        "max_length": cfg.training.max_length,
+        "truncation": "head",
+    }
     return create_bert_with_head(
-        head_type=head, num_labels=len(names) if names else 1, label_names=names,
+        head_type=head,
+        num_labels=len(names) if names else 1,
+        label_names=names,
         bert_name=cfg.model.backbone if not bert_config.get("model_name_or_path") else None,
-        bert_config=bert_config or None, pooling_type=cfg.model.pooling, tokenizer=tokenizer,
-        freeze_bert_layers=cfg.model.freeze_bert_layers, metadata=meta, **opts,
-    )  # fmt: skip
+        bert_config=bert_config or None,
+        pooling_type=cfg.model.pooling,
+        tokenizer=tokenizer,
+        freeze_bert_layers=cfg.model.freeze_bert_layers,
+        metadata=meta,
+        **opts,
+    )
 
 
-def _prepare(model: BertWithHead, profile: PairProfile, frame: pd.DataFrame, max_length: int, labels: bool,
-             strict: bool = False) -> PreparedPairs:  # fmt: skip
+def _prepare(
+    model: BertWithHead,
+    profile: PairProfile,
+    frame: pd.DataFrame,
+    max_length: int,
+    labels: bool,
+    strict: bool = False,
+) -> PreparedPairs:
     declared = model.head.config.extra.get("score_range")
     return prepare_pairs(
-        frame, profile, model.tokenizer, max_length=max_length, cross_encoder=model.head.level != "bi_encoder",
-        require_labels=labels, strict=strict, declared_range=declared,
-    )  # fmt: skip
+        frame,
+        profile,
+        model.tokenizer,
+        max_length=max_length,
+        cross_encoder=model.head.level != "bi_encoder",
+        require_labels=labels,
+        strict=strict,
+        declared_range=declared,
+    )
 
 
-def score_outputs(model: BertWithHead, profile: PairProfile, outputs: dict[str, np.ndarray],
-                  dataset: PairDataset) -> dict[str, float]:  # fmt: skip
+def score_outputs(
+    model: BertWithHead, profile: PairProfile, outputs: dict[str, np.ndarray], dataset: PairDataset
+) -> dict[str, float]:
     """Metrics of one split: MRR/MAP/NDCG@k/recall@k per query for ranking, else the head's metrics."""
     if profile.task == "ranking":
-        return ranking_metrics(dataset.group_ids, np.asarray(dataset.targets), outputs["scores"], ks=RANKING_KS)
+        return ranking_metrics(
+            dataset.group_ids, np.asarray(dataset.targets), outputs["scores"], ks=RANKING_KS
+        )
     return model.head.compute_metrics(outputs, np.asarray(dataset.targets))
 
 
@@ -123,12 +154,20 @@ def _metrics_fn(model: BertWithHead, profile: PairProfile) -> Any:
     return lambda outputs, dataset: score_outputs(model, profile, outputs, dataset)
 
 
-def prediction_frame(model: BertWithHead, profile: PairProfile, frame: pd.DataFrame, prepared: PreparedPairs,
-                     outputs: dict[str, np.ndarray], id_column: str | None = None) -> pd.DataFrame:  # fmt: skip
+def prediction_frame(
+    model: BertWithHead,
+    profile: PairProfile,
+    frame: pd.DataFrame,
+    prepared: PreparedPairs,
+    outputs: dict[str, np.ndarray],
+    id_column: str | None = None,
+) -> pd.DataFrame:
     """Scores in input order (similarity, contrastive) or the ranked candidates of every query (ranking)."""
     id_col = id_column or (profile.id_column if profile.id_column in frame.columns else None)
     if id_col is not None and id_col not in frame.columns:
-        raise DataError(f"id column '{id_col}' is not in the data; columns: {', '.join(map(str, frame.columns))}")
+        raise DataError(
+            f"id column '{id_col}' is not in the data; columns: {', '.join(map(str, frame.columns))}"
+        )
     kept = frame.iloc[prepared.row_index]
     if profile.task != "ranking":
         cols = model.head.format_predictions(outputs)
@@ -145,12 +184,16 @@ def prediction_frame(model: BertWithHead, profile: PairProfile, frame: pd.DataFr
             ranked[col] = kept[col].to_numpy()
     ranked["row"] = prepared.row_index
     first_seen = pd.Series(pd.factorize(pd.Series(prepared.keys))[0])
-    ranked = ranked.assign(_q=first_seen.to_numpy()).sort_values(["_q", "score"], ascending=[True, False], kind="stable")
+    ranked = ranked.assign(_q=first_seen.to_numpy()).sort_values(
+        ["_q", "score"], ascending=[True, False], kind="stable"
+    )
     ranked["rank"] = ranked.groupby("_q").cumcount() + 1
     return ranked.drop(columns="_q").reset_index(drop=True)
 
 
-def _split(df: pd.DataFrame, profile: PairProfile, cfg: RunConfig, has_valid: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _split(
+    df: pd.DataFrame, profile: PairProfile, cfg: RunConfig, has_valid: bool
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Seeded split by whole queries (ranking) or rows: ``max_train_samples`` rows, then validation rows."""
     keys = group_keys(df, profile) if profile.task == "ranking" else pd.Series(np.arange(len(df)).astype(str))
     uniq = keys.unique()
@@ -168,8 +211,10 @@ def _split(df: pd.DataFrame, profile: PairProfile, cfg: RunConfig, has_valid: bo
         kv = int(np.searchsorted(cum, n_valid)) + 1 if n_valid else 0
         valid_g, train_g = order[:kv], order[kv:]
     if not len(train_g):
-        raise DataError(f"not enough data to train: {len(df)} rows, {len(uniq)} queries/rows after validation")
-    pick = (lambda groups: df[keys.isin(set(uniq[groups])).to_numpy()].reset_index(drop=True))  # noqa: E731
+        raise DataError(
+            f"not enough data to train: {len(df)} rows, {len(uniq)} queries/rows after validation"
+        )
+    pick = lambda groups: df[keys.isin(set(uniq[groups])).to_numpy()].reset_index(drop=True)  # noqa: E731
     return pick(train_g), (pick(valid_g) if len(valid_g) else None)
 
 
@@ -181,8 +226,14 @@ class _Fitted:
     data_report: dict[str, float]
 
 
-def fit_pairs(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, profile: PairProfile, cfg: RunConfig,
-              out: Path | None, resume: bool = False) -> _Fitted:  # fmt: skip
+def fit_pairs(
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame | None,
+    profile: PairProfile,
+    cfg: RunConfig,
+    out: Path | None,
+    resume: bool = False,
+) -> _Fitted:
     """Build the model and train it; ranking drops queries without a positive (reported with counts)."""
     from bertkit.training.trainer import Trainer
 
@@ -197,13 +248,15 @@ def fit_pairs(train_df: pd.DataFrame, valid_df: pd.DataFrame | None, profile: Pa
         n_q = len(set(train_p.keys or []))
         bad_q = len(set(np.asarray(train_p.keys)[~pos]))
         if bad_q:
-            msg = (f"{bad_q} of {n_q} training queries ({int((~pos).sum())} rows) have no positive candidate")
+            msg = f"{bad_q} of {n_q} training queries ({int((~pos).sum())} rows) have no positive candidate"
             if strict:
                 raise DataError(f"{msg}; remove them or drop --strict")
             warnings.warn(f"{msg}: left out of training", UserWarning, stacklevel=2)
             report.update(train_queries_without_positive=bad_q, train_rows_without_positive=int((~pos).sum()))
             if not pos.any():
-                raise DataError(f"no training query has a positive candidate ({n_q} queries); check the labels")
+                raise DataError(
+                    f"no training query has a positive candidate ({n_q} queries); check the labels"
+                )
             train_ds = train_ds.subset(np.flatnonzero(pos))
         if model.head.loss_type != "pointwise":
             train_ds = GroupedDataset(train_ds)
@@ -223,8 +276,9 @@ def _has_labels(profile: PairProfile, frame: pd.DataFrame) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- entry points
-def _train(train: Any, output_dir: Any, cfg: RunConfig, valid: Any = None, test: Any = None,
-           resume: bool = False) -> dict[str, Any]:  # fmt: skip
+def _train(
+    train: Any, output_dir: Any, cfg: RunConfig, valid: Any = None, test: Any = None, resume: bool = False
+) -> dict[str, Any]:
     from bertkit.training.run import _write_report
 
     out = Path(output_dir)
@@ -240,11 +294,13 @@ def _train(train: Any, output_dir: Any, cfg: RunConfig, valid: Any = None, test:
     fitted = fit_pairs(train_df, valid_df, profile, cfg, out, resume=resume)
     res, model = fitted.result, fitted.model
     metrics: dict[str, Any] = {
-        "valid": res.val_metrics, "train_seconds": round(res.train_seconds, 3),
+        "valid": res.val_metrics,
+        "train_seconds": round(res.train_seconds, 3),
         "train_samples_per_second": round(res.train_samples_per_second, 3),
         "train_tokens_per_second": round(res.train_tokens_per_second, 3),
-        "train_rows": len(train_df), "valid_rows": len(valid_df) if valid_df is not None else 0,
-    }  # fmt: skip
+        "train_rows": len(train_df),
+        "valid_rows": len(valid_df) if valid_df is not None else 0,
+    }
     if fitted.data_report:
         metrics["data"] = fitted.data_report
     for split, src in (("valid", valid_df), ("test", test)):
@@ -267,8 +323,14 @@ def _train(train: Any, output_dir: Any, cfg: RunConfig, valid: Any = None, test:
     return metrics
 
 
-def _cv(data: Any, output_dir: Any, cfg: RunConfig, folds: int = 5, group_column: str | None = None,
-        test: Any = None) -> dict[str, Any]:  # fmt: skip
+def _cv(
+    data: Any,
+    output_dir: Any,
+    cfg: RunConfig,
+    folds: int = 5,
+    group_column: str | None = None,
+    test: Any = None,
+) -> dict[str, Any]:
     """K-fold CV by whole queries (ranking) or rows; OOF scores in input order and per-fold metrics."""
     from sklearn.model_selection import GroupKFold, KFold
 
@@ -284,7 +346,11 @@ def _cv(data: Any, output_dir: Any, cfg: RunConfig, folds: int = 5, group_column
     keys = group_keys(df, profile).to_numpy() if profile.task == "ranking" else np.arange(len(df))
     if folds < 2 or len(np.unique(keys)) < folds:
         raise DataError(f"cannot split {len(np.unique(keys))} queries/rows into {folds} folds (need >= 2)")
-    splitter = GroupKFold(folds) if profile.task == "ranking" else KFold(folds, shuffle=True, random_state=cfg.training.seed)
+    splitter = (
+        GroupKFold(folds)
+        if profile.task == "ranking"
+        else KFold(folds, shuffle=True, random_state=cfg.training.seed)
+    )
     fold_of = np.full(len(df), -1, dtype=np.int64)
     for k, (_, idx) in enumerate(splitter.split(np.arange(len(df)), groups=keys)):
         fold_of[idx] = k
@@ -312,8 +378,11 @@ def _cv(data: Any, output_dir: Any, cfg: RunConfig, folds: int = 5, group_column
         write_json_atomic(out / "fold_metrics.json", fold_metrics)
     assert fitted is not None
     per_fold = pd.DataFrame(fold_metrics)
-    summary = {c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
-               for c in per_fold.columns if c not in ("fold", "rows") and pd.api.types.is_numeric_dtype(per_fold[c])}  # fmt: skip
+    summary = {
+        c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
+        for c in per_fold.columns
+        if c not in ("fold", "rows") and pd.api.types.is_numeric_dtype(per_fold[c])
+    }
     result: dict[str, Any] = {"folds": fold_metrics, "fold_summary": summary, "num_folds": folds}
     done = ~np.isnan(oof)
     if profile.task == "ranking":
@@ -332,7 +401,9 @@ def _cv(data: Any, output_dir: Any, cfg: RunConfig, folds: int = 5, group_column
     write_with_atomic(out / "oof.csv", lambda p: frame.to_csv(p, index=False))
     if test_df is not None and test_sum is not None:
         tp = _prepare(fitted.model, profile, test_df, cfg.training.max_length, labels=False)
-        sub = prediction_frame(fitted.model, profile, test_df, tp, {"scores": test_sum, "similarity_score": test_sum})
+        sub = prediction_frame(
+            fitted.model, profile, test_df, tp, {"scores": test_sum, "similarity_score": test_sum}
+        )
         write_with_atomic(out / "test_predictions.csv", lambda p: sub.to_csv(p, index=False))
     write_json_atomic(out / "metrics.json", result)
     return result
@@ -356,8 +427,14 @@ def _run_model(model: BertWithHead, prepared: PreparedPairs, batch_size: int) ->
     return predict_outputs(model, prepared.dataset, collator, batch_size, device)
 
 
-def _predict(model_dir: Any, data: Any, output: Path, id_column: str | None = None, proba: bool = False,
-             batch_size: int = 64) -> Path:  # fmt: skip
+def _predict(
+    model_dir: Any,
+    data: Any,
+    output: Path,
+    id_column: str | None = None,
+    proba: bool = False,
+    batch_size: int = 64,
+) -> Path:
     model, profile = load_pair_model(model_dir)
     frame = read_table(data)
     prepared = _prepare(model, profile, frame, int(model.metadata.get("max_length", 128)), labels=False)
@@ -372,8 +449,10 @@ def _evaluate(model_dir: Any, data: Any, batch_size: int = 64) -> dict[str, Any]
     model, profile = load_pair_model(model_dir)
     frame = read_table(data)
     if not _has_labels(profile, frame):
-        raise DataError(f"cannot evaluate: label column '{profile.label_column}' missing; columns: "
-                        f"{', '.join(map(str, frame.columns))}")  # fmt: skip
+        raise DataError(
+            f"cannot evaluate: label column '{profile.label_column}' missing; columns: "
+            f"{', '.join(map(str, frame.columns))}"
+        )
     prepared = _prepare(model, profile, frame, int(model.metadata.get("max_length", 128)), labels=True)
     outputs = _run_model(model, prepared, batch_size)
     metrics = {"loss": float(outputs.pop("loss"))} if "loss" in outputs else {}

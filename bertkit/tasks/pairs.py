@@ -5,8 +5,7 @@
 * :func:`prepare_pairs` checks a frame (empty second texts, missing or out-of-range scores, queries without a
   positive — always reported with counts) and tokenizes it: each text separately for bi-encoders, or
   ``[CLS] a [SEP] b [SEP]`` pairs with ``token_type_ids`` for the cross-encoder reranker.
-* :class:`PairDataset` (one row per item), :class:`GroupedDataset` (one query group per item, for pairwise and
-  listwise training) and :class:`PairCollator` (pads ``input_ids``/``_b``/``_neg``, adds ``group_ids``).
+* The datasets and the collator live in :mod:`bertkit.tasks.pair_datasets` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,14 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from bertkit.data.analyze import LABEL_NAMES, PAIR_NAMES
 from bertkit.data.prepare import is_missing, label_to_str, sort_label_names
 from bertkit.data.readers import check_columns, guess_group_column, guess_id_column, read_table
-from bertkit.data.tokenize import Collator, tokenize_texts
+from bertkit.data.tokenize import tokenize_texts
 from bertkit.errors import ConfigError, DataError
+from bertkit.tasks.pair_datasets import GroupedDataset, PairCollator, PairDataset
 
 PAIR_TASKS = ("similarity", "contrastive", "ranking")
 #: heads each pair task accepts (the first is the default)
@@ -36,9 +34,13 @@ TASK_HEADS = {
     "contrastive": ("contrastive",),
     "ranking": ("ranking", "ranking_bi_encoder"),
 }
-CONTRASTIVE_NAMES = [("anchor", "positive"), ("query", "positive"), ("sentence", "positive"), ("text", "positive")]
+CONTRASTIVE_NAMES = [
+    ("anchor", "positive"),
+    ("query", "positive"),
+    ("sentence", "positive"),
+    ("text", "positive"),
+]
 NEGATIVE_NAMES = ("negative", "hard_negative", "neg")
-SUFFIXES = ("", "_b", "_neg")
 
 
 @dataclass
@@ -101,7 +103,9 @@ class PairProfile:
         if any(self.empty_texts.values()):
             rows.append(("empty texts", ", ".join(f"{k}={v}" for k, v in self.empty_texts.items())))
         if self.token_length_percentiles:
-            rows.append(("token lengths", ", ".join(f"{k}={v}" for k, v in self.token_length_percentiles.items())))
+            rows.append(
+                ("token lengths", ", ".join(f"{k}={v}" for k, v in self.token_length_percentiles.items()))
+            )
         rows += [
             ("max_length", str(self.recommended_max_length)),
             ("head", self.recommended_head),
@@ -171,8 +175,12 @@ def group_keys(df: pd.DataFrame, profile: PairProfile) -> pd.Series:
 
 def _group_stats(keys: pd.Series, rel: np.ndarray | None) -> dict[str, float]:
     sizes = keys.value_counts()
-    stats = {"queries": float(len(sizes)), "min_size": float(sizes.min()), "mean_size": round(float(sizes.mean()), 2),
-             "max_size": float(sizes.max())}  # fmt: skip
+    stats = {
+        "queries": float(len(sizes)),
+        "min_size": float(sizes.min()),
+        "mean_size": round(float(sizes.mean()), 2),
+        "max_size": float(sizes.max()),
+    }
     if rel is not None:
         pos = pd.Series(rel > 0).groupby(keys.to_numpy()).any()
         stats["without_positive"] = float((~pos).sum())
@@ -206,8 +214,10 @@ def analyze_pairs(
     ident = id_column or guess_id_column(df, notes, exclude={group})
     if task == "auto":
         task = "ranking" if group and label else ("similarity" if label else "contrastive")
-        notes.append(f"task '{task}' (" + ("group column + labels" if task == "ranking" else
-                     "labelled pairs" if label else "no label column: positive pairs") + ")")  # fmt: skip
+        why = {"ranking": "group column + labels", "similarity": "labelled pairs"}.get(
+            task, "no label column"
+        )
+        notes.append(f"task '{task}' ({why})")
     if task not in PAIR_TASKS:
         raise ConfigError(f"task='{task}' is not a pair task; choose one of: {', '.join(PAIR_TASKS)}")
     if task in ("similarity", "ranking") and label is None:
@@ -215,13 +225,17 @@ def analyze_pairs(
             f"task '{task}' needs a label column (looked for {', '.join(LABEL_NAMES)}); pass --label-column; "
             f"available columns: {', '.join(map(repr, df.columns))}"
         )
-    prof = PairProfile(src, len(df), task, texts, label, group if task == "ranking" else None, ident, notes=notes)
+    prof = PairProfile(
+        src, len(df), task, texts, label, group if task == "ranking" else None, ident, notes=notes
+    )
     prof.empty_texts = {c: int(df[c].map(is_missing).sum()) for c in texts}
     if label is not None:
         prof.label_kind, prof.label_names, prof.score_range = _label_kind(df[label])
     if task == "ranking":
         if prof.label_kind == "class":
-            raise DataError(f"ranking labels must be numeric relevance (0 = not relevant); '{label}' holds text")
+            raise DataError(
+                f"ranking labels must be numeric relevance (0 = not relevant); '{label}' holds text"
+            )
         if group is None:
             notes.append(f"no query/group column: rows with the same '{texts[0]}' form one query")
         rel = pd.to_numeric(df[label], errors="coerce").fillna(0).to_numpy()
@@ -239,16 +253,20 @@ def analyze_pairs(
 def _recommend(prof: PairProfile) -> None:
     if prof.task == "ranking":
         prof.recommended_head, prof.recommended_loss = "ranking", "listwise"
-        prof.notes.append("ranking → cross-encoder reranker 'ranking' (listwise); bi-encoder retriever: "
-                          "--head ranking_bi_encoder; objectives: pointwise, ranknet, margin, listwise")  # fmt: skip
+        prof.notes.append(
+            "ranking → cross-encoder reranker 'ranking' (listwise); bi-encoder retriever: "
+            "--head ranking_bi_encoder; objectives: pointwise, ranknet, margin, listwise"
+        )
     elif prof.task == "contrastive":
         prof.recommended_head, prof.recommended_loss = "contrastive", "infonce"
         prof.notes.append("positive pairs → 'contrastive' (in-batch negatives InfoNCE, temperature 0.05)")
     else:
         loss = "softmax" if prof.label_kind == "class" else "cosent"
         prof.recommended_head, prof.recommended_loss = "text_similarity", loss
-        prof.notes.append(f"{prof.label_kind} labels → bi-encoder 'text_similarity' with loss '{loss}' "
-                          "(a cross-encoder: --task regression/binary with the sequence heads)")  # fmt: skip
+        prof.notes.append(
+            f"{prof.label_kind} labels → bi-encoder 'text_similarity' with loss '{loss}' "
+            "(a cross-encoder: --task regression/binary with the sequence heads)"
+        )
 
 
 def _lengths(df: pd.DataFrame, prof: PairProfile, tokenizer: Any) -> None:
@@ -263,7 +281,9 @@ def _lengths(df: pd.DataFrame, prof: PairProfile, tokenizer: Any) -> None:
         enc_a, enc_b = tokenizer(a, verbose=False)["input_ids"], tokenizer(b, verbose=False)["input_ids"]
         lengths = [max(len(x), len(y)) for x, y in zip(enc_a, enc_b)]
     pct = np.percentile(lengths, [50, 90, 95, 99, 100]) if lengths else np.zeros(5)
-    prof.token_length_percentiles = {k: int(math.ceil(v)) for k, v in zip(("p50", "p90", "p95", "p99", "max"), pct)}
+    prof.token_length_percentiles = {
+        k: int(math.ceil(v)) for k, v in zip(("p50", "p90", "p95", "p99", "max"), pct)
+    }
     prof.recommended_max_length = int(min(max(32, math.ceil(pct[2] / 32) * 32), 512))
 
 
@@ -282,15 +302,22 @@ def _texts(series: pd.Series) -> list[str]:
     return ["" if is_missing(v) else str(v) for v in series.tolist()]
 
 
-def check_frame(df: pd.DataFrame, profile: PairProfile, require_labels: bool, strict: bool,
-                declared_range: list[float] | None = None) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
+def check_frame(
+    df: pd.DataFrame,
+    profile: PairProfile,
+    require_labels: bool,
+    strict: bool,
+    declared_range: list[float] | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
     """Rows to keep, and counts of every problem; bad inputs raise or warn naming the counts."""
     n, report = len(df), {}
     missing = [c for c in profile.text_columns[:2] if c not in df.columns]
     if missing:
         which = "second text column" if missing == profile.text_columns[1:2] else "text column(s)"
-        raise DataError(f"{which} {', '.join(map(repr, missing))} missing from the data ({n:,} rows); "
-                        f"available columns: {', '.join(map(repr, df.columns))}")  # fmt: skip
+        raise DataError(
+            f"{which} {', '.join(map(repr, missing))} missing from the data ({n:,} rows); "
+            f"available columns: {', '.join(map(repr, df.columns))}"
+        )
     keep = np.ones(n, dtype=bool)
     for name, col in zip(("first", "second"), profile.text_columns[:2]):
         empty = df[col].map(is_missing).to_numpy(bool)
@@ -299,7 +326,9 @@ def check_frame(df: pd.DataFrame, profile: PairProfile, require_labels: bool, st
     if require_labels and profile.label_column:
         col = profile.label_column
         if col not in df.columns:
-            raise DataError(f"label column '{col}' missing; available columns: {', '.join(map(repr, df.columns))}")
+            raise DataError(
+                f"label column '{col}' missing; available columns: {', '.join(map(repr, df.columns))}"
+            )
         no_label = df[col].map(is_missing).to_numpy(bool)
         report["missing_label"] = int((no_label & keep).sum())
         keep &= ~no_label
@@ -307,26 +336,36 @@ def check_frame(df: pd.DataFrame, profile: PairProfile, require_labels: bool, st
             num = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
             bad = keep & np.isnan(num)
             if bad.any():
-                raise DataError(f"{int(bad.sum())} of {n:,} rows have non-numeric scores in '{col}' "
-                                f"(e.g. {df[col][bad].iloc[0]!r}); fix or remove them")  # fmt: skip
+                raise DataError(
+                    f"{int(bad.sum())} of {n:,} rows have non-numeric scores in '{col}' "
+                    f"(e.g. {df[col][bad].iloc[0]!r}); fix or remove them"
+                )
             low = keep & (num < 0) if profile.task == "ranking" else np.zeros(n, bool)
             if low.any():
-                raise DataError(f"{int(low.sum())} of {n:,} rows have negative relevance in '{col}'; use 0 for "
-                                "'not relevant'")  # fmt: skip
+                raise DataError(
+                    f"{int(low.sum())} of {n:,} rows have negative relevance in '{col}'; use 0 for "
+                    "'not relevant'"
+                )
             if declared_range is not None:
                 lo, hi = float(declared_range[0]), float(declared_range[1])
                 out = keep & ((num < lo) | (num > hi))
                 if out.any():
-                    raise DataError(f"{int(out.sum())} of {n:,} rows have scores outside the declared range "
-                                    f"[{lo:g}, {hi:g}] (min {np.nanmin(num):g}, max {np.nanmax(num):g}) in '{col}'")  # fmt: skip
+                    raise DataError(
+                        f"{int(out.sum())} of {n:,} rows have scores outside the declared range "
+                        f"[{lo:g}, {hi:g}] (min {np.nanmin(num):g}, max {np.nanmax(num):g}) in '{col}'"
+                    )
     dropped = int((~keep).sum())
     if dropped:
         reasons = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items() if v)
         if strict:
-            raise DataError(f"{dropped} of {n:,} rows are unusable: {reasons}; fix or remove them (strict mode)")
+            raise DataError(
+                f"{dropped} of {n:,} rows are unusable: {reasons}; fix or remove them (strict mode)"
+            )
         if not keep.any():
             raise DataError(f"no usable rows: all {n:,} rows have {reasons}")
-        warnings.warn(f"dropped {dropped} of {n:,} rows: {reasons}; use --strict to reject", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"dropped {dropped} of {n:,} rows: {reasons}; use --strict to reject", UserWarning, stacklevel=3
+        )
     return keep, report
 
 
@@ -343,14 +382,20 @@ def prepare_pairs(
 ) -> PreparedPairs:
     """Check and tokenize a frame for the pair heads (rows keep their input positions in ``row_index``)."""
     keep, report = check_frame(df, profile, require_labels, strict, declared_range)
+    if profile.task == "contrastive" and profile.label_kind == "binary" and require_labels:
+        positive = pd.to_numeric(df[profile.label_column], errors="coerce").to_numpy() == 1
+        report["non_positive_pairs"] = int((keep & ~positive).sum())  # not training pairs: skipped
+        keep &= positive
     rows = np.flatnonzero(keep).astype(np.int64)  # [N]
     kept = df.iloc[rows]
     a, b = _texts(kept[profile.text_columns[0]]), _texts(kept[profile.text_columns[1]])
     if cross_encoder:
         parts = {"": tokenize_texts(tokenizer, a, b, max_length=max_length)}
     else:
-        parts = {"": tokenize_texts(tokenizer, a, max_length=max_length),
-                 "_b": tokenize_texts(tokenizer, b, max_length=max_length)}  # fmt: skip
+        parts = {
+            "": tokenize_texts(tokenizer, a, max_length=max_length),
+            "_b": tokenize_texts(tokenizer, b, max_length=max_length),
+        }
         neg_col = profile.text_columns[2] if len(profile.text_columns) > 2 else None
         if neg_col is not None and neg_col in kept.columns and profile.task == "contrastive":
             parts["_neg"] = tokenize_texts(tokenizer, _texts(kept[neg_col]), max_length=max_length)
@@ -369,7 +414,9 @@ def _targets(kept: pd.DataFrame, profile: PairProfile, texts_a: list[str]) -> np
         labels = [label_to_str(v) for v in col]
         unseen = sorted({v for v in labels if v not in index})
         if unseen:
-            raise DataError(f"{sum(v not in index for v in labels)} rows have labels unseen in training: {unseen[:10]}")
+            raise DataError(
+                f"{sum(v not in index for v in labels)} rows have labels unseen in training: {unseen[:10]}"
+            )
         return np.array([index[v] for v in labels], dtype=np.int64)
     return pd.to_numeric(col).to_numpy(dtype=np.float32)  # [N]
 
@@ -382,100 +429,18 @@ def positive_groups(prepared: PreparedPairs) -> np.ndarray:
     return has_pos.to_numpy(bool)
 
 
-# --------------------------------------------------------------------------------------------- datasets
-class PairDataset(Dataset):
-    """Rows of separately tokenized texts (``parts`` keyed by suffix ``""``, ``"_b"``, ``"_neg"``).
-
-    Attributes:
-        targets: [N] labels (float scores/relevance, int classes, or anchor ids for contrastive) or None.
-        group_ids: [N] int query ids (ranking) or None.
-    """
-
-    def __init__(self, parts: dict[str, dict[str, list[list[int]]]], targets: np.ndarray | None = None,
-                 group_ids: np.ndarray | None = None) -> None:  # fmt: skip
-        self.parts = parts
-        self.targets = targets
-        self.group_ids = group_ids
-        n = len(parts[""]["input_ids"])
-        if any(len(p["input_ids"]) != n for p in parts.values()):
-            raise ConfigError("pair parts have different numbers of rows")
-        self._lengths = [sum(len(p["input_ids"][i]) for p in parts.values()) for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self._lengths)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Total tokens of each row (all its texts)."""
-        return self._lengths
-
-    def subset(self, index: np.ndarray) -> PairDataset:
-        """The rows at ``index`` as a new dataset."""
-        parts = {s: {k: [v[i] for i in index] for k, v in p.items()} for s, p in self.parts.items()}
-        pick = (lambda a: None if a is None else np.asarray(a)[index])  # noqa: E731
-        return PairDataset(parts, pick(self.targets), pick(self.group_ids))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {f"{k}{s}": v[index] for s, p in self.parts.items() for k, v in p.items()}
-        if self.targets is not None:
-            item["labels"] = self.targets[index]
-        if self.group_ids is not None:
-            item["group_ids"] = int(self.group_ids[index])
-        return item
-
-
-class GroupedDataset(Dataset):
-    """One item per query: all its candidate rows (pairwise and listwise objectives need whole groups)."""
-
-    def __init__(self, rows: PairDataset) -> None:
-        if rows.group_ids is None:
-            raise ConfigError("grouped batches need group ids (ranking data)")
-        self.rows = rows
-        order = np.argsort(rows.group_ids, kind="stable")
-        _, starts = np.unique(rows.group_ids[order], return_index=True)
-        self.groups = np.split(order, starts[1:])
-        self.targets = rows.targets
-        self._lengths = [sum(rows.lengths[i] for i in g) for g in self.groups]
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Total tokens of each query group."""
-        return self._lengths
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"rows": [self.rows[int(i)] for i in self.groups[index]]}
-
-
-class PairCollator:
-    """Pad each text part separately: ``input_ids``/``attention_mask``/``token_type_ids`` [B, T], the same with
-    ``_b`` and ``_neg`` suffixes [B, T_b], ``labels`` [B] and ``group_ids`` [B]; group items are flattened.
-    """
-
-    def __init__(self, pad_token_id: int = 0, padding_side: str = "right") -> None:
-        self.base = Collator(pad_token_id, padding_side=padding_side)
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, decoder_only: bool = False) -> PairCollator:
-        """Collator using the tokenizer's pad id; left padding for decoder-only backbones."""
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        return cls(pad, "left" if decoder_only else "right")
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if items and "rows" in items[0]:
-            items = [row for it in items for row in it["rows"]]
-        batch: dict[str, torch.Tensor] = {}
-        for s in SUFFIXES:
-            if f"input_ids{s}" not in items[0]:
-                continue
-            keys = [k for k in ("input_ids", "token_type_ids") if f"{k}{s}" in items[0]]
-            part = self.base([{k: it[f"{k}{s}"] for k in keys} for it in items])
-            batch.update({f"{k}{s}": v for k, v in part.items()})
-        if "labels" in items[0]:
-            labels = np.asarray([it["labels"] for it in items])
-            batch["labels"] = torch.from_numpy(labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64))
-        if "group_ids" in items[0]:
-            batch["group_ids"] = torch.tensor([it["group_ids"] for it in items], dtype=torch.long)
-        return batch
+__all__ = [
+    "PAIR_TASKS",
+    "TASK_HEADS",
+    "GroupedDataset",
+    "PairCollator",
+    "PairDataset",
+    "PairProfile",
+    "PreparedPairs",
+    "analyze_pairs",
+    "check_frame",
+    "find_text_columns",
+    "group_keys",
+    "positive_groups",
+    "prepare_pairs",
+]

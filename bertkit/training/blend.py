@@ -7,6 +7,7 @@ blends predictions. Methods:
 
 * ``lsq``: constrained least squares — non-negative weights summing to 1 (SLSQP, started from NNLS);
 * ``ridge``: ridge regression of the target on the runs' predictions (an intercept for regression);
+* ``mean``: equal weights (e.g. several seeds on the same folds);
 * ``hill``: Caruana et al.'s hill climbing — repeatedly add (with replacement) the run that most improves
   the metric on OOF; weights are the counts.
 
@@ -28,7 +29,7 @@ import pandas as pd
 from bertkit.errors import ConfigError, DataError
 from bertkit.fileio import write_json_atomic, write_with_atomic
 
-METHODS = ("lsq", "ridge", "hill")
+METHODS = ("lsq", "ridge", "hill", "mean")
 
 
 def _rmse(y: np.ndarray, p: np.ndarray) -> float:
@@ -157,7 +158,7 @@ def fit_blend(
     Args:
         preds: one array per run: ``[N]`` predictions (regression) or ``[N, C]`` probabilities.
         y: ``[N]`` targets (class indices for classification).
-        method: "lsq", "ridge" or "hill".
+        method: "lsq", "ridge", "hill" or "mean".
         classification: probabilities vs regression values.
         metric: score for ``hill`` and the report ("rmse"/"mae"; "log_loss"/"accuracy"/"macro_f1").
     """
@@ -172,6 +173,8 @@ def fit_blend(
         w = fit_lsq(preds, target)
     elif method == "ridge":
         w, intercept = fit_ridge(preds, target, intercept=not classification)
+    elif method == "mean":
+        w = np.full(len(preds), 1.0 / len(preds))
     else:
         w = fit_hill(preds, y, score, greater)
     blended = combine(preds, w, intercept)

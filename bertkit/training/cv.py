@@ -105,12 +105,13 @@ def cross_validate(
     tokenizer = load_tokenizer(cfg.model.backbone)
     df = read_table(data)
     n = cfg.data.max_train_samples
+    fold_seed = cfg.training.seed if cfg.training.fold_seed is None else cfg.training.fold_seed
     if n is not None and n < len(df):
-        order = np.random.default_rng(cfg.training.seed).permutation(len(df))[:n]
+        order = np.random.default_rng(fold_seed).permutation(len(df))[:n]
         df = df.iloc[np.sort(order)].reset_index(drop=True)
     profile = profile_for(df, cfg, tokenizer, str(data) if not isinstance(data, pd.DataFrame) else "<DataFrame>")
     group_column = group_column or cfg.data.group_column
-    fold_of = make_folds(df, profile, folds, cfg.training.seed, group_column)
+    fold_of = make_folds(df, profile, folds, fold_seed, group_column)
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_json_atomic(out / "profile.json", profile.to_dict())
     fold_cfg = copy.deepcopy(cfg)

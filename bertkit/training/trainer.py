@@ -126,6 +126,7 @@ class Trainer:
         """Encoder frozen for ``freeze_encoder_epochs``; then all at once, or one more layer per epoch."""
         cfg = self.config
         if cfg.freeze_encoder_epochs <= 0:
+            self._freeze_word_embeddings(model)
             return
         if epoch < cfg.freeze_encoder_epochs:
             model.freeze_bert()
@@ -141,9 +142,15 @@ class Trainer:
                 p.requires_grad_(True)
         if n_open >= len(layers):
             model.unfreeze_bert()
+        depth = model.bert.parameter_depth()
         for name, p in model.bert.named_parameters():  # everything above the layers trains once unfrozen
-            if model.bert.parameter_depth().get(name, 0) > model.bert.num_layers:
+            if depth.get(name, 0) > model.bert.num_layers:
                 p.requires_grad_(True)
+        self._freeze_word_embeddings(model)
+
+    def _freeze_word_embeddings(self, model: BertWithHead) -> None:
+        if self.config.freeze_word_embeddings:
+            model.bert.get_input_embeddings().weight.requires_grad_(False)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
