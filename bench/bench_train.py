@@ -71,7 +71,8 @@ def child_hf(n: int, seed: int, max_length: int, out: Path) -> dict:
     train_ds, test_ds = DS(train), DS(test)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     args = TrainingArguments(output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=32,
-                             per_device_eval_batch_size=32, learning_rate=5e-5, warmup_ratio=0.1, weight_decay=0.01,
+                             per_device_eval_batch_size=32, learning_rate=5e-5,
+                             warmup_steps=round(0.1 * -(-n // 32)), weight_decay=0.01,
                              seed=seed, save_strategy="no", report_to=[], logging_steps=50, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()
