@@ -11,7 +11,7 @@ Full run (GPU, or a free CPU for many hours)::
 
 Smoke run (a couple of minutes on a free 2-core CPU; numbers are noise)::
 
-    python bench/bench_competition.py --rows 96 --epochs 1 --max-length 32 --folds 2 --tries ema \\
+    python bench/bench_competition.py --rows 240 --epochs 1 --max-length 128 --tries preset:competition \\
         --datasets commonlit --output /tmp/bench_smoke
 """
 
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument(
+        "--backbone", default="minilm", help="backbone of every variant (default: the bundled MiniLM)"
+    )
+    ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="extra key=value for every variant"
     )
     return ap.parse_args(argv)
@@ -68,6 +71,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[object, float]:
 
     spec = DATASETS[name]
     sets = [
+        f"model.backbone={args.backbone}",
         f"training.epochs={args.epochs}",
         f"training.seed={args.seed}",
         f"training.device={args.device}",
@@ -97,7 +101,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[object, float]:
 
 def summary_markdown(results: dict[str, object], args: argparse.Namespace) -> str:
     lines = [
-        f"# Competition-trick ablation (MiniLM, {args.folds} folds, {args.epochs:g} epochs, "
+        f"# Competition-trick ablation ({args.backbone}, {args.folds} folds, {args.epochs:g} epochs, "
         f"rows={args.rows or 'all'}, base={args.base})",
         "",
     ]

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from bertkit.data import prepare_frame, read_table  # noqa: E402
 from bertkit.data.analyze import DatasetProfile  # noqa: E402
-from bertkit.inference.export import DEFAULT_OPSET, INT8_RECIPES, trace_onnx, export_model, quantize_int8  # noqa: E402
+from bertkit.inference.export import DEFAULT_OPSET, INT8_RECIPES, export_model, quantize_int8, trace_onnx  # noqa: E402
 from bertkit.inference.onnx_predictor import OnnxPredictor, default_threads  # noqa: E402
 from bertkit.inference.predictor import Predictor  # noqa: E402
 from bertkit.model import BertWithHead  # noqa: E402
@@ -71,14 +71,19 @@ def _timed(fn: Any, repeats: int) -> tuple[Any, float, float]:
 
 def _metrics(head: Any, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
     outputs = {k: v for k, v in outputs.items() if k != "loss"}
-    return {k: round(float(v), 5) for k, v in head.compute_metrics(outputs, targets).items()
-            if isinstance(v, int | float) and k in ("accuracy", "macro_f1", "f1", "rmse", "micro_f1", "qwk")}
+    return {
+        k: round(float(v), 5)
+        for k, v in head.compute_metrics(outputs, targets).items()
+        if isinstance(v, int | float) and k in ("accuracy", "macro_f1", "f1", "rmse", "micro_f1", "qwk")
+    }
 
 
 def _hf_model(model: BertWithHead) -> Any:
     from transformers import AutoModelForSequenceClassification
 
-    hf = AutoModelForSequenceClassification.from_config(model.bert.hf_config, num_labels=max(2, model.head.config.num_labels))
+    hf = AutoModelForSequenceClassification.from_config(
+        model.bert.hf_config, num_labels=max(2, model.head.config.num_labels)
+    )
     hf.base_model.load_state_dict(model.bert.model.state_dict(), strict=False)
     return hf.eval()
 
@@ -104,9 +109,17 @@ def bench_trainer(model: BertWithHead, texts: list[str], batch_size: int, max_le
             return dict(model.tokenizer(texts[i], truncation=True, max_length=max_length))
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, use_cpu=True,
-                                 report_to=[], disable_tqdm=True, dataloader_num_workers=0)
-        trainer = Trainer(model=_hf_model(model), args=args, data_collator=DataCollatorWithPadding(model.tokenizer))
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size,
+            use_cpu=True,
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=_hf_model(model), args=args, data_collator=DataCollatorWithPadding(model.tokenizer)
+        )
         t0 = time.perf_counter()
         trainer.predict(_Texts())
         return time.perf_counter() - t0
@@ -121,10 +134,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: the usable cores)")
     ap.add_argument("--repeats", type=int, default=1, help="best of R timed runs per backend")
-    ap.add_argument("--int8-recipes", default="plain,per_channel_keep_head",
-                    help=f"comma-separated recipes or 'all' ({', '.join(INT8_RECIPES)})")
+    ap.add_argument(
+        "--int8-recipes",
+        default="plain,per_channel_reduce_range,per_channel_reduce_range_keep_ffn_out",
+        help=f"comma-separated recipes or 'all' ({', '.join(INT8_RECIPES)})",
+    )
     ap.add_argument("--backends", default="torch,ort_fp32,int8,pipeline,trainer")
-    ap.add_argument("--export-dir", default=None, help="reuse/write the fp32 export here (default: a temp folder)")
+    ap.add_argument(
+        "--export-dir", default=None, help="reuse/write the fp32 export here (default: a temp folder)"
+    )
     ap.add_argument("--output", default=None, help="write the JSON report here")
     args = ap.parse_args(argv)
 
@@ -138,16 +156,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prep = prepare_frame(df, profile, require_labels=True, sep_token=model.tokenizer.sep_token or "[SEP]")
     texts_a, texts_b, targets = prep.texts_a, prep.texts_b, np.asarray(prep.targets)
     n = len(texts_a)
-    report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "texts": n, "threads": threads,
-                              "batch_size": args.batch_size, "torch": torch.__version__, "results": {}}
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "texts": n,
+        "threads": threads,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+        "results": {},
+    }
     results = report["results"]
 
-    def record(name: str, outputs: dict[str, np.ndarray] | None, seconds: float, count: int, cpu: float = 0.0) -> None:
-        row: dict[str, Any] = {"seconds": round(seconds, 4), "texts_per_s": round(count / seconds, 2), "texts": count}
+    reference: dict[str, np.ndarray] = {}
+
+    def record(
+        name: str, outputs: dict[str, np.ndarray] | None, seconds: float, count: int, cpu: float = 0.0
+    ) -> None:
+        row: dict[str, Any] = {
+            "seconds": round(seconds, 4),
+            "texts_per_s": round(count / seconds, 2),
+            "texts": count,
+        }
         if cpu:
             row["cpu_ms_per_text"] = round(1000 * cpu / count, 3)
         if outputs is not None:
             row.update(_metrics(model.head, outputs, targets))
+            if name == "ort_fp32_plain_export":
+                reference.update(outputs)
+            elif reference and "predictions" in outputs:  # fidelity to fp32: less noisy than accuracy deltas
+                row["agreement_with_fp32"] = round(
+                    float(np.mean(outputs["predictions"] == reference["predictions"])), 5
+                )
+                if "probabilities" in outputs:
+                    diff = np.abs(outputs["probabilities"] - reference["probabilities"])
+                    row["mean_abs_prob_diff"] = round(float(diff.mean()), 6)
         results[name] = row
         print(json.dumps({name: row}), flush=True)
 
@@ -160,8 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (export_dir / "export.json").is_file():
         t0 = time.perf_counter()
         res = export_model(model, export_dir)
-        report["export"] = {"seconds": round(time.perf_counter() - t0, 2), "graph": res.graph,
-                            "max_abs_diff": res.max_abs_diff}
+        report["export"] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "graph": res.graph,
+            "max_abs_diff": res.max_abs_diff,
+        }
     raw = "model.raw.onnx"  # what a plain torch.onnx.export gives (the model's own attention, no fusions)
     if not (export_dir / raw).is_file():
         trace_onnx(model, export_dir / raw, "full", DEFAULT_OPSET)
@@ -172,13 +217,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recipes = list(INT8_RECIPES) if args.int8_recipes == "all" else args.int8_recipes.split(",")
         for recipe in recipes:
             # "plain" quantizes the plain export, as `quantize_dynamic(model.onnx)` does for an ORT user
-            src, file = (raw, "model.int8.plain.onnx") if recipe == "plain" else ("model.onnx", f"model.int8.{recipe}.onnx")
+            src, file = (
+                (raw, "model.int8.plain.onnx")
+                if recipe == "plain"
+                else ("model.onnx", f"model.int8.{recipe}.onnx")
+            )
             if not (export_dir / file).is_file():
                 quantize_int8(export_dir / src, export_dir / file, recipe)
             runs.append((f"int8:{recipe}", file))
     for name, file in runs:
-        pred = OnnxPredictor(export_dir, batch_size=args.batch_size, precision="fp32", num_threads=threads,
-                             model_file=file)
+        pred = OnnxPredictor(
+            export_dir, batch_size=args.batch_size, precision="fp32", num_threads=threads, model_file=file
+        )
         out, secs, cpu = _timed(lambda p=pred: p.outputs(texts_a, texts_b), args.repeats)
         record(name, out, secs, n, cpu)
     nb = min(n, args.n_baseline or n)
@@ -198,11 +248,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for row in results.values():
             row["speedup_vs_ort_fp32_plain"] = round(row["texts_per_s"] / results[base]["texts_per_s"], 2)
             if "cpu_ms_per_text" in row and "cpu_ms_per_text" in results[base]:
-                row["cpu_speedup_vs_ort_fp32_plain"] = round(results[base]["cpu_ms_per_text"] / row["cpu_ms_per_text"], 2)
+                row["cpu_speedup_vs_ort_fp32_plain"] = round(
+                    results[base]["cpu_ms_per_text"] / row["cpu_ms_per_text"], 2
+                )
         if "accuracy" in results[base]:
             for row in results.values():
                 if "accuracy" in row:
-                    row["accuracy_delta_points"] = round(100 * (row["accuracy"] - results[base]["accuracy"]), 2)
+                    row["accuracy_delta_points"] = round(
+                        100 * (row["accuracy"] - results[base]["accuracy"]), 2
+                    )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -129,7 +129,7 @@ def hf_cross_encoder(
             per_device_train_batch_size=a.batch_size,
             per_device_eval_batch_size=64,
             learning_rate=a.lr,
-            warmup_ratio=0.1,
+            warmup_steps=0.1,  # a float < 1 is a ratio (transformers 5)
             weight_decay=0.01,
             seed=a.seed,
             report_to=[],
@@ -174,7 +174,7 @@ def st_cosent(train: pd.DataFrame, test: pd.DataFrame, a: argparse.Namespace, fi
                 num_train_epochs=a.epochs,
                 per_device_train_batch_size=a.batch_size,
                 learning_rate=a.lr,
-                warmup_ratio=0.1,
+                warmup_steps=0.1,  # a float < 1 is a ratio (transformers 5)
                 weight_decay=0.01,
                 seed=a.seed,
                 report_to=[],

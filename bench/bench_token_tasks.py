@@ -61,6 +61,14 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress line with the elapsed wall time."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", flush=True)
+
+
 def subset(n_items: int, n: int | None, seed: int) -> list[int]:
     """The first ``n`` indices after a seeded shuffle (what ``--max-train-samples`` takes in bertkit)."""
     order = np.random.default_rng(seed).permutation(n_items)
@@ -99,6 +107,7 @@ def bertkit_cfg(args: argparse.Namespace, task: str, epochs: float, batch: int, 
 
 
 def run_bertkit(runner: str, train: Path, out: Path, cfg: Any, valid: Path, test: Path) -> dict[str, Any]:
+    log(f"bertkit {runner} run {out.name}")
     t0 = time.perf_counter()
     metrics = runner_by_name(runner).train(train, out, cfg, valid=valid, test=test)
     return {
@@ -168,9 +177,11 @@ def bench_ner(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=l2i)  # fmt: skip
     trainer = Trainer(model=model, args=hf_args(str(work / "hf_ner"), args.ner_epochs, 32, 5e-5, args.seed),
                       train_dataset=ListDataset(encode(picked)), data_collator=DataCollatorForTokenClassification(tok))  # fmt: skip
+    log("hf training")
     t0 = time.perf_counter()
     trainer.train()
     secs = time.perf_counter() - t0
+    log(f"hf trained in {secs:.1f}s")
     test_rows = encode(test_docs)
     out = trainer.predict(ListDataset(test_rows))
     preds, refs = [], []
@@ -263,22 +274,25 @@ def bench_qa(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     picked = [train_ex[i] for i in subset(len(train_ex), args.qa_train_rows, args.seed)]
     refs = {e.id: e.answer_texts for e in test_ex}
     res: dict[str, Any] = {"train_questions": len(picked), "test_questions": len(test_ex), "epochs": args.qa_epochs,
-                           "batch_size": 16, "lr": 1e-4, "max_length": 256, "doc_stride": 128}  # fmt: skip
+                           "batch_size": 16, "lr": 1e-4, "max_length": args.qa_max_length, "doc_stride": args.qa_doc_stride}  # fmt: skip
     path = str(minilm_path() if args.backbone == "minilm" else args.backbone)
     tok = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(args.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(path)
     trainer = Trainer(model=model, args=hf_args(str(work / "hf_qa"), args.qa_epochs, 16, 1e-4, args.seed),
-                      train_dataset=ListDataset(_hf_qa_features(tok, picked, 256, 128, True)),
+                      train_dataset=ListDataset(_hf_qa_features(tok, picked, args.qa_max_length, args.qa_doc_stride, True)),
                       data_collator=default_data_collator)  # fmt: skip
+    log("hf training")
     t0 = time.perf_counter()
     trainer.train()
     secs = time.perf_counter() - t0
-    feats = _hf_qa_features(tok, test_ex, 256, 128, False)
+    log(f"hf trained in {secs:.1f}s")
+    feats = _hf_qa_features(tok, test_ex, args.qa_max_length, args.qa_doc_stride, False)
     plain = [{k: v for k, v in f.items() if not k.startswith("_")} for f in feats]
     start, end = trainer.predict(ListDataset(plain)).predictions[:2]
     res["hf"] = {**squad_metrics(_hf_postprocess(test_ex, feats, start, end), refs), "train_seconds": secs}
-    cfg = bertkit_cfg(args, "qa", args.qa_epochs, 16, 1e-4, 256, args.qa_train_rows, {"doc_stride": 128})
+    extra = {"doc_stride": args.qa_doc_stride}
+    cfg = bertkit_cfg(args, "qa", args.qa_epochs, 16, 1e-4, args.qa_max_length, args.qa_train_rows, extra)
     m = run_bertkit("qa", src / "train.json", work / "bertkit_qa", cfg, test_file, test_file)
     res["bertkit"] = {k: m[k] for k in ("exact_match", "f1", "train_seconds")}
     res["delta_em_points"] = res["bertkit"]["exact_match"] - res["hf"]["exact_match"]
@@ -331,9 +345,11 @@ def bench_relation(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     trainer = Trainer(model=model, args=hf_args(str(work / "hf_re"), args.re_epochs, 32, 5e-5, args.seed),
                       train_dataset=ListDataset(encode(picked, True)), data_collator=DataCollatorWithPadding(tok))  # fmt: skip
+    log("hf training")
     t0 = time.perf_counter()
     trainer.train()
     secs = time.perf_counter() - t0
+    log(f"hf trained in {secs:.1f}s")
     logits = trainer.predict(ListDataset(encode(test, False))).predictions
     res["hf_cls_baseline"] = {
         **scores([labels[int(i)] for i in np.argmax(logits, -1)]),
@@ -447,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--qa-train-rows", type=int, default=None, help="default: all 970 questions")
     p.add_argument("--qa-eval-rows", type=int, default=None)
     p.add_argument("--qa-epochs", type=float, default=2)
+    p.add_argument("--qa-max-length", type=int, default=256)
+    p.add_argument("--qa-doc-stride", type=int, default=128)
     p.add_argument("--re-train-rows", type=int, default=None, help="default: all 8,000 rows")
     p.add_argument("--re-eval-rows", type=int, default=None)
     p.add_argument("--re-epochs", type=float, default=2)
@@ -456,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.smoke:
         args.ner_train_rows, args.ner_eval_rows, args.qa_train_rows, args.qa_eval_rows = 300, 300, 100, 60
+        args.qa_epochs = 1
         args.re_train_rows, args.re_eval_rows, args.re_epochs, args.span_rows, args.span_epochs = (
             400,
             300,

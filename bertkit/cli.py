@@ -178,7 +178,9 @@ def train(
     group_column: GroupColumn = None,
     backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
     head: Annotated[str | None, typer.Option(help="Registered head name (see `bertkit heads`).")] = None,
-    pooling: Annotated[str | None, typer.Option(help="cls|mean|max|attention|weighted_mean|last")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="cls|mean|max|attention|weighted_mean|last|gem|layer_cls|layer_cls_weighted")
+    ] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,

@@ -78,11 +78,15 @@ def test_uncertainty_weighting_formula() -> None:
 def test_multi_task_nlp_head_one_and_all_tasks() -> None:
     torch.manual_seed(0)
     head = create_multi_task_nlp_head(
-        {"sent": {"task_type": "sentiment_analysis", "num_classes": 3},
-         "tags": {"head_type": "token_classification", "label_names": ["O", "B-X", "I-X"]}},
+        {
+            "sent": {"task_type": "sentiment_analysis", "num_classes": 3},
+            "tags": {"head_type": "token_classification", "label_names": ["O", "B-X", "I-X"]},
+        },
         input_dim=16,
     )
-    out = BertOutput(last_hidden_state=torch.randn(2, 5, 16), attention_mask=torch.ones(2, 5, dtype=torch.long))
+    out = BertOutput(
+        last_hidden_state=torch.randn(2, 5, 16), attention_mask=torch.ones(2, 5, dtype=torch.long)
+    )
     one = head(out, task_name="sent")
     assert one["logits"].shape == (2, 3)
     both = head(out)
@@ -91,13 +95,17 @@ def test_multi_task_nlp_head_one_and_all_tasks() -> None:
     assert loss.ndim == 0
     # projections start as the identity (zero-initialised residual)
     assert torch.allclose(head.branches["sent"].project(out).last_hidden_state, out.last_hidden_state)
-    plain = create_multi_task_nlp_head({"s": {"head_type": "binary"}}, 16, use_task_specific_projections=False)
+    plain = create_multi_task_nlp_head(
+        {"s": {"head_type": "binary"}}, 16, use_task_specific_projections=False
+    )
     assert plain.branches["s"].projection is None
 
 
 def test_multi_task_model_forward(tokenizer, batch) -> None:
     torch.manual_seed(0)
-    model = create_multi_task_model(TASKS, bert_name=None, bert_config=tiny_bert_config("bert"), tokenizer=tokenizer)
+    model = create_multi_task_model(
+        TASKS, bert_name=None, bert_config=tiny_bert_config("bert"), tokenizer=tokenizer
+    )
     assert model.task_names == ["sentiment", "topic", "ner"]
     out = model(**batch, task_name="sentiment", labels=torch.tensor([0, 1]))
     assert {"loss", "logits", "probabilities"} <= set(out)
@@ -124,7 +132,9 @@ def test_type_strings_split_compose_and_mask() -> None:
     m = dimension_metrics(proba, np.array([[1, 1, 0, 0], [0, 1, 0, 0]]), MBTI)
     assert m["accuracy_EI"] == 1.0 and m["accuracy_TF"] == 0.5
     assert m["all_dimensions_accuracy"] == 0.5 and m["mean_dimension_accuracy"] == pytest.approx(0.875)
-    base = majority_baseline(np.array([[1, 0, 0, 1]] * 3 + [[0, 1, 1, 0]]), np.array([[1, 0, 0, 1], [0, 0, 0, 1]]), MBTI)
+    base = majority_baseline(
+        np.array([[1, 0, 0, 1]] * 3 + [[0, 1, 1, 0]]), np.array([[1, 0, 0, 1], [0, 0, 0, 1]]), MBTI
+    )
     assert base["majority_type"] == "ISTP" and base["all_dimensions_accuracy"] == 0.5
 
 
@@ -134,8 +144,10 @@ def _write_tiny_data(folder: Path) -> None:
     rows = [{"text": f"this is {'good' if i % 2 else 'bad'} stuff {i}", "label": i % 2} for i in range(40)]
     pd.DataFrame(rows).to_csv(folder / "sent.csv", index=False)
     types = ["INTJ", "ESFP", "ISTP", "ENFJ"]
-    mb = [{"text": f"{'quiet' if t[0] == 'I' else 'loud'} user {i} says {t}|||more", "type": t}
-          for i, t in enumerate(types[i % 4] for i in range(40))]
+    mb = [
+        {"text": f"{'quiet' if t[0] == 'I' else 'loud'} user {i} says {t}|||more", "type": t}
+        for i, t in enumerate(types[i % 4] for i in range(40))
+    ]
     pd.DataFrame(mb).to_csv(folder / "mbti.csv", index=False)
     with open(folder / "ner.conll", "w") as fh:
         for _ in range(30):
@@ -150,12 +162,25 @@ def _yaml(folder: Path, **training: object) -> Path:
     cfg = {
         "model": {"backbone": None, "bert_options": tiny},
         "adapters": {"strategy": "s2"},
-        "training": {"steps": 6, "batch_size": 8, "learning_rate": 1e-3, "max_length": 32, "progress": False,
-                     "eval_every": 3, **training},
+        "training": {
+            "steps": 6,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "max_length": 32,
+            "progress": False,
+            "eval_every": 3,
+            "auto_batch_size": True,
+            **training,
+        },
         "tasks": {
             "sentiment": {"train": "sent.csv", "test": "sent.csv", "weight": 2.0},
             "ner": {"train": "ner.conll", "test": "ner.conll"},
-            "mbti": {"train": "mbti.csv", "test": "mbti.csv", "type_dimensions": "mbti", "pos_weight": "balanced"},
+            "mbti": {
+                "train": "mbti.csv",
+                "test": "mbti.csv",
+                "type_dimensions": "mbti",
+                "pos_weight": "balanced",
+            },
         },
     }
     path = folder / "mt.yaml"
@@ -176,11 +201,18 @@ def test_cli_train_predict_evaluate_multitask(tmp_path: Path) -> None:
     assert set(metrics["tasks"]) == {"sentiment", "ner", "mbti"}
     assert "f1" in metrics["tasks"]["ner"]["test"] and "accuracy" in metrics["tasks"]["sentiment"]["test"]
     mb = metrics["tasks"]["mbti"]["test"]
-    assert {"accuracy_EI", "accuracy_JP", "all_dimensions_accuracy", "baseline_all_dimensions_accuracy"} <= set(mb)
+    assert {
+        "accuracy_EI",
+        "accuracy_JP",
+        "all_dimensions_accuracy",
+        "baseline_all_dimensions_accuracy",
+    } <= set(mb)
     assert metrics["training"]["gradient_surgery"] == "pcgrad" and metrics["global_step"] == 6
     assert metrics["tasks"]["ner"]["steps"] == 6  # PCGrad: every task each step
     assert metrics["training"]["loss_weights"]["ner"] != 1.0  # learned uncertainty weights moved
-    assert (run / "history.csv").is_file() and (run / "model" / "heads" / "mbti" / "model.safetensors").is_file()
+    assert (run / "history.csv").is_file() and (
+        run / "model" / "heads" / "mbti" / "model.safetensors"
+    ).is_file()
     out = tmp_path / "types.csv"
     res = cli.invoke(app, ["predict", str(run), str(tmp_path / "mbti.csv"), "-o", str(out), "--task", "mbti"])
     assert res.exit_code == 0, res.output
@@ -189,13 +221,17 @@ def test_cli_train_predict_evaluate_multitask(tmp_path: Path) -> None:
     assert np.allclose(pred["prob_E"] + pred["prob_I"], 1.0)
     res = cli.invoke(app, ["predict", str(run), str(tmp_path / "sent.csv"), "-o", str(out)])
     assert res.exit_code == 2 and "--task" in res.output
-    res = cli.invoke(app, ["predict", str(run), str(tmp_path / "ner.conll"), "-o", str(tmp_path / "p.conll"),
-                           "--task", "ner"])
+    res = cli.invoke(
+        app,
+        ["predict", str(run), str(tmp_path / "ner.conll"), "-o", str(tmp_path / "p.conll"), "--task", "ner"],
+    )
     assert res.exit_code == 0 and len((tmp_path / "p.conll").read_text().split("\n\n")) >= 30
     res = cli.invoke(app, ["evaluate", str(run), str(cfg), "-o", str(tmp_path / "ev.json")])
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ev.json").read_text())
-    assert ev["ner.f1"] == pytest.approx(metrics["tasks"]["ner"]["test"]["f1"])  # save → load: same predictions
+    assert ev["ner.f1"] == pytest.approx(
+        metrics["tasks"]["ner"]["test"]["f1"]
+    )  # save → load: same predictions
     assert ev["sentiment.accuracy"] == pytest.approx(metrics["tasks"]["sentiment"]["test"]["accuracy"])
 
 
@@ -211,15 +247,24 @@ def test_mbti_preset_single_task(tmp_path: Path, tokenizer) -> None:
     torch.manual_seed(0)
     create_bert_core(config=tiny_bert_config("bert")).model.save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    cfg = build_run_config("quick", overrides={
-        "data": {"task": "mbti"}, "model": {"backbone": str(backbone)},
-        "training": {"epochs": 1, "batch_size": 8, "max_length": 32, "progress": False}})
+    cfg = build_run_config(
+        "quick",
+        overrides={
+            "data": {"task": "mbti"},
+            "model": {"backbone": str(backbone)},
+            "training": {"epochs": 1, "batch_size": 8, "max_length": 32, "progress": False},
+        },
+    )
     runner = runner_for(tmp_path / "mbti.csv", cfg.data.task)
     assert runner.name == "multitask"
     metrics = runner.train(tmp_path / "mbti.csv", tmp_path / "run", cfg, test=tmp_path / "mbti.csv")
     assert "mbti.all_dimensions_accuracy" in metrics["test"]
     model = MultiTaskModel.from_pretrained(tmp_path / "run")
     head = model.get_head("mbti")
-    assert head.config.pooling_type == "cls" and head.config.dropout_prob == 0.1 and head.output.out_features == 4
+    assert (
+        head.config.pooling_type == "cls"
+        and head.config.dropout_prob == 0.1
+        and head.output.out_features == 4
+    )
     out = model.predict(["a quiet INTJ person", "loud"], "mbti", return_probabilities=True)
     assert len(out[0]["prediction"]) == 4 and set(out[0]["probabilities"]) == set("EISNTFJP")

@@ -439,6 +439,26 @@ def test_ablate_then_blend_on_a_tiny_backbone(tiny_backbone: Path, tmp_path: Pat
     )
     assert len(report["weights"]) == 2 and sum(report["weights"]) == pytest.approx(1.0)
     assert len(pd.read_csv(tmp_path / "blend" / "oof_blend.csv")) == 48
+    from typer.testing import CliRunner
+
+    from bertkit.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "blend",
+            str(tmp_path / "abl" / "base"),
+            str(tmp_path / "abl" / "postprocess"),
+            "--method",
+            "hill",
+            "--metric",
+            "accuracy",
+            "--output",
+            str(tmp_path / "hill"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "hill weights" in res.output and (tmp_path / "hill" / "blend.json").is_file()
 
 
 def test_pretrain_output_is_a_usable_backbone(tiny_backbone: Path, tmp_path: Path) -> None:
@@ -455,3 +475,18 @@ def test_pretrain_output_is_a_usable_backbone(tiny_backbone: Path, tmp_path: Pat
     assert report["steps"] == 3 and (tmp_path / "mlm" / "pretrain.json").is_file()
     core = create_bert_core(str(tmp_path / "mlm"))
     assert core.hidden_size == 32
+
+
+def test_chunked_outputs_and_predictor_use_sliding_windows(tiny, tmp_path: Path) -> None:
+    from bertkit.inference import load_predictor
+    from bertkit.training.chunks import chunked_outputs
+
+    texts = ["tiny", " ".join(["a rather long review that keeps going"] * 12)]
+    out = chunked_outputs(tiny, texts, max_length=16, stride=4, method="attention")
+    assert out["probabilities"].shape == (2, 2) and np.allclose(out["probabilities"].sum(1), 1, atol=1e-5)
+    tiny.metadata.update({"max_length": 16, "chunk_stride": 4, "chunk_aggregation": "mean"})
+    tiny.save_pretrained(tmp_path / "model")
+    predictor = load_predictor(tmp_path)
+    assert predictor.chunk_stride == 4
+    mean = chunked_outputs(tiny, texts, max_length=16, stride=4, method="mean")
+    assert np.allclose(predictor.outputs(texts)["probabilities"], mean["probabilities"], atol=1e-5)

@@ -76,10 +76,18 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(data_hash: str, tokenizer: Any, max_length: int, truncation: str, extra: dict[str, Any] | None = None) -> str:
+def cache_key(
+    data_hash: str, tokenizer: Any, max_length: int, truncation: str, extra: dict[str, Any] | None = None
+) -> str:
     """The cache entry name for data + tokenizer + tokenization settings (+ column/label settings)."""
-    parts = {"v": CACHE_VERSION, "data": data_hash, "tokenizer": tokenizer_fingerprint(tokenizer),
-             "max_length": int(max_length), "truncation": truncation, "extra": extra or {}}
+    parts = {
+        "v": CACHE_VERSION,
+        "data": data_hash,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": int(max_length),
+        "truncation": truncation,
+        "extra": extra or {},
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -98,7 +106,9 @@ class CachedTokenDataset(Dataset):
         self.folder = Path(folder)
         meta_path = self.folder / _META
         if not meta_path.is_file():
-            raise DataError(f"{self.folder} is not a complete token cache entry (no {_META}); delete it and rebuild")
+            raise DataError(
+                f"{self.folder} is not a complete token cache entry (no {_META}); delete it and rebuild"
+            )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         n = int(self.meta["rows"])
         self.offsets = _memmap(self.folder / "offsets.int64", np.int64, (n + 1,))
@@ -107,7 +117,9 @@ class CachedTokenDataset(Dataset):
         total = int(self.meta["tokens"])
         self.input_ids = _memmap(self.folder / "input_ids.int32", np.int32, (total,))
         self.token_type_ids = (
-            _memmap(self.folder / "token_type_ids.int8", np.int8, (total,)) if self.meta["token_type_ids"] else None
+            _memmap(self.folder / "token_type_ids.int8", np.int8, (total,))
+            if self.meta["token_type_ids"]
+            else None
         )
         self.targets: np.ndarray | None = None
         if self.meta.get("targets"):
@@ -170,20 +182,24 @@ def _init_worker(tokenizer: Any) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _tokenize_chunk(texts_a: list[str], texts_b: list[str] | None, max_length: int, truncation: str,
-                    tokenizer: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _tokenize_chunk(
+    texts_a: list[str], texts_b: list[str] | None, max_length: int, truncation: str, tokenizer: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(flat int32 ids, int32 lengths, flat int8 type ids or None) of one chunk of texts."""
     from bertkit.data.tokenize import tokenize_texts
 
     tok = tokenizer if tokenizer is not None else _WORKER_TOKENIZER
-    features = tokenize_texts(tok, texts_a, texts_b, max_length=max_length,
-                              truncation=truncation if texts_b is None else "head")
+    features = tokenize_texts(
+        tok, texts_a, texts_b, max_length=max_length, truncation=truncation if texts_b is None else "head"
+    )
     ids = features["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
     types = None
     if "token_type_ids" in features:
-        types = np.fromiter((t for x in features["token_type_ids"] for t in x), dtype=np.int8, count=len(flat))
+        types = np.fromiter(
+            (t for x in features["token_type_ids"] for t in x), dtype=np.int8, count=len(flat)
+        )
     return flat, lengths, types
 
 
@@ -192,8 +208,16 @@ class _Writer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.files = {name: open(folder / name, "wb") for name in  # noqa: SIM115 (closed in finish)
-                      ("input_ids.int32", "token_type_ids.int8", "lengths.int32", "row_index.int64", "targets.bin")}
+        self.files = {
+            name: open(folder / name, "wb")
+            for name in (  # noqa: SIM115 (closed in finish)
+                "input_ids.int32",
+                "token_type_ids.int8",
+                "lengths.int32",
+                "row_index.int64",
+                "targets.bin",
+            )
+        }
         self.rows = 0
         self.tokens = 0
         self.has_types: bool | None = None
@@ -201,8 +225,14 @@ class _Writer:
         self.offsets_file = open(folder / "offsets.int64", "wb")  # noqa: SIM115
         np.zeros(1, np.int64).tofile(self.offsets_file)
 
-    def append(self, flat: np.ndarray, lengths: np.ndarray, types: np.ndarray | None,
-               targets: np.ndarray | None, row_index: np.ndarray) -> None:
+    def append(
+        self,
+        flat: np.ndarray,
+        lengths: np.ndarray,
+        types: np.ndarray | None,
+        targets: np.ndarray | None,
+        row_index: np.ndarray,
+    ) -> None:
         flat.astype(np.int32, copy=False).tofile(self.files["input_ids.int32"])
         self.has_types = types is not None if self.has_types is None else self.has_types
         if self.has_types and types is not None:
@@ -230,17 +260,29 @@ class _Writer:
         targets = None
         if self.target_spec is not None:
             targets = {"dtype": self.target_spec[0], "shape": [self.rows, *self.target_spec[1]]}
-        meta = {**meta, "version": CACHE_VERSION, "rows": self.rows, "tokens": self.tokens,
-                "token_type_ids": bool(self.has_types), "targets": targets}
+        meta = {
+            **meta,
+            "version": CACHE_VERSION,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "token_type_ids": bool(self.has_types),
+            "targets": targets,
+        }
         (self.folder / _META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
 
 Chunk = tuple[list[str], list[str] | None, np.ndarray | None, np.ndarray]
 
 
-def build_cache(chunks: Iterator[Chunk], tokenizer: Any, folder: str | os.PathLike[str], max_length: int,
-                truncation: str = "head", num_workers: int | None = None, meta: dict[str, Any] | None = None,
-                ) -> CachedTokenDataset:
+def build_cache(
+    chunks: Iterator[Chunk],
+    tokenizer: Any,
+    folder: str | os.PathLike[str],
+    max_length: int,
+    truncation: str = "head",
+    num_workers: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> CachedTokenDataset:
     """Tokenize ``(texts_a, texts_b, targets, row_index)`` chunks into the cache entry ``folder``.
 
     Chunks are tokenized by ``num_workers`` processes (default: the usable cores; 1 tokenizes in-process),
@@ -257,23 +299,31 @@ def build_cache(chunks: Iterator[Chunk], tokenizer: Any, folder: str | os.PathLi
             import multiprocessing as mp
 
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker,
-                                       initargs=(tokenizer,))
+            pool = ProcessPoolExecutor(
+                workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(tokenizer,)
+            )
         pending: deque[tuple[Future[Any] | tuple[Any, ...], Any, np.ndarray]] = deque()
         for texts_a, texts_b, targets, rows in chunks:
             if pool is not None:
-                pending.append((pool.submit(_tokenize_chunk, texts_a, texts_b, max_length, truncation), targets, rows))
+                pending.append(
+                    (pool.submit(_tokenize_chunk, texts_a, texts_b, max_length, truncation), targets, rows)
+                )
             else:
-                pending.append((_tokenize_chunk(texts_a, texts_b, max_length, truncation, tokenizer), targets, rows))
+                pending.append(
+                    (_tokenize_chunk(texts_a, texts_b, max_length, truncation, tokenizer), targets, rows)
+                )
             while len(pending) > workers:
                 _drain_one(pending, writer)
         while pending:
             _drain_one(pending, writer)
         writer.finish({**(meta or {}), "max_length": max_length, "truncation": truncation})
-        if target.exists():  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
+        try:
             os.replace(tmp, target)
+        except (
+            OSError
+        ):  # another process (another DDP rank or node) finished the same entry first: keep theirs
+            if not (target / _META).is_file():
+                raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -297,9 +347,15 @@ def _usable_cores() -> int:
 
 # ------------------------------------------------------------------------------------------- sources
 def cached_dataset_from_texts(
-    texts_a: Sequence[str], texts_b: Sequence[str] | None, targets: np.ndarray | None, tokenizer: Any,
-    cache_dir: str | os.PathLike[str], max_length: int = 128, truncation: str = "head",
-    num_workers: int | None = None, chunksize: int = DEFAULT_CHUNKSIZE,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None,
+    targets: np.ndarray | None,
+    tokenizer: Any,
+    cache_dir: str | os.PathLike[str],
+    max_length: int = 128,
+    truncation: str = "head",
+    num_workers: int | None = None,
+    chunksize: int = DEFAULT_CHUNKSIZE,
 ) -> CachedTokenDataset:
     """Token cache of in-memory texts (keyed by the texts' and targets' hash); a rerun hits the cache."""
     digest = hashlib.sha256()
@@ -321,17 +377,35 @@ def cached_dataset_from_texts(
     def chunks() -> Iterator[Chunk]:
         for s in range(0, n, chunksize):
             sl = slice(s, min(n, s + chunksize))
-            yield (list(texts_a[sl]), None if texts_b is None else list(texts_b[sl]),
-                   None if targets is None else np.asarray(targets[sl]), np.arange(sl.start, sl.stop))
+            yield (
+                list(texts_a[sl]),
+                None if texts_b is None else list(texts_b[sl]),
+                None if targets is None else np.asarray(targets[sl]),
+                np.arange(sl.start, sl.stop),
+            )
 
-    return build_cache(chunks(), tokenizer, folder, max_length, truncation, num_workers,
-                       meta={"source": "<texts>", "texts": n})
+    return build_cache(
+        chunks(),
+        tokenizer,
+        folder,
+        max_length,
+        truncation,
+        num_workers,
+        meta={"source": "<texts>", "texts": n},
+    )
 
 
 def cached_dataset_from_file(
-    path: str | os.PathLike[str], profile: Any, tokenizer: Any, cache_dir: str | os.PathLike[str],
-    max_length: int = 128, truncation: str = "head", require_labels: bool = True, strict: bool = False,
-    chunksize: int = DEFAULT_CHUNKSIZE, num_workers: int | None = None,
+    path: str | os.PathLike[str],
+    profile: Any,
+    tokenizer: Any,
+    cache_dir: str | os.PathLike[str],
+    max_length: int = 128,
+    truncation: str = "head",
+    require_labels: bool = True,
+    strict: bool = False,
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    num_workers: int | None = None,
 ) -> CachedTokenDataset:
     """Token cache of a data file prepared with ``profile`` (columns, template, labels), streamed in chunks.
 
@@ -343,8 +417,10 @@ def cached_dataset_from_file(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    spec = {k: getattr(profile, k, None) for k in ("task", "text_columns", "label_columns", "label_names",
-                                                   "template", "multilabel_delimiter")}
+    spec = {
+        k: getattr(profile, k, None)
+        for k in ("task", "text_columns", "label_columns", "label_names", "template", "multilabel_delimiter")
+    }
     extra = {"profile": spec, "require_labels": require_labels, "strict": strict}
     key = cache_key(file_sha256(path), tokenizer, max_length, truncation, extra)
     folder = Path(cache_dir) / key
@@ -358,13 +434,22 @@ def cached_dataset_from_file(
         for frame in _read_chunks(path, chunksize):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                prep = prepare_frame(frame, profile, require_labels=require_labels, strict=strict, sep_token=sep_token)
+                prep = prepare_frame(
+                    frame, profile, require_labels=require_labels, strict=strict, sep_token=sep_token
+                )
             dropped[0] += len(frame) - len(prep)
             yield prep.texts_a, prep.texts_b, prep.targets, prep.row_index + start
             start += len(frame)
 
-    dataset = build_cache(chunks(), tokenizer, folder, max_length, truncation, num_workers,
-                          meta={"source": str(path), "key_parts": extra})
+    dataset = build_cache(
+        chunks(),
+        tokenizer,
+        folder,
+        max_length,
+        truncation,
+        num_workers,
+        meta={"source": str(path), "key_parts": extra},
+    )
     if dropped[0]:
         warnings.warn(f"{dropped[0]} rows of {path} were dropped (empty text or missing label)", stacklevel=2)
     return dataset
@@ -382,8 +467,11 @@ def _read_chunks(path: Path, chunksize: int) -> Iterator[pd.DataFrame]:
     raw = readers._head_bytes(path)
     encoding = readers._choose_encoding(raw, str(path))
     fmt, _ = readers._suffixes(path)
-    sep = readers._sniff_separator(raw.decode(encoding, errors="ignore"), "\t" if fmt in (".tsv", ".tab") else None,
-                                   len(raw) >= readers._SAMPLE_BYTES)
+    sep = readers._sniff_separator(
+        raw.decode(encoding, errors="ignore"),
+        "\t" if fmt in (".tsv", ".tab") else None,
+        len(raw) >= readers._SAMPLE_BYTES,
+    )
     try:
         reader = pd.read_csv(path, sep=sep, encoding=encoding, chunksize=chunksize, on_bad_lines="error")
         for frame in reader:

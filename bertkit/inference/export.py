@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,30 @@ from bertkit.inference.onnx_predictor import (
     OrtModel,
     load_export_head,
 )
+from bertkit.inference.quantize import (
+    DEFAULT_INT8_RECIPE,
+    INT8_RECIPES,
+    Int8Recipe,
+    optimize_graph,
+    quantize_int8,
+)
 from bertkit.model import BertWithHead
 from bertkit.persistence import METADATA_FILE, check_model_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_INT8_RECIPE", "INT8_RECIPES", "ExportError", "ExportResult", "Int8Recipe", "export_model"]
+__all__ = [
+    "DEFAULT_INT8_RECIPE",
+    "INT8_RECIPES",
+    "ExportError",
+    "ExportResult",
+    "Int8Recipe",
+    "export_model",
+    "optimize_graph",
+    "quantize_int8",
+    "trace_onnx",
+    "verify_export",
+]
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -75,46 +92,6 @@ class ExportError(BertkitError):
     """An export could not be written or does not reproduce the PyTorch model."""
 
 
-@dataclass(frozen=True)
-class Int8Recipe:
-    """How ``quantize_dynamic`` is called (see docs/export-and-serve.md for the measurements).
-
-    Attributes:
-        per_channel: one weight scale per output channel instead of one per tensor.
-        reduce_range: 7-bit weights (avoids u8×s8 saturation on CPUs without VNNI; costs precision).
-        op_types: operator types to quantize (None: every type ORT supports, embeddings' Gather included).
-        keep_fp32: regular expressions on node names kept in fp32 (e.g. the head and the pooler).
-        description: one line for docs and ``export.json``.
-    """
-
-    per_channel: bool = True
-    reduce_range: bool = False
-    op_types: tuple[str, ...] | None = ("MatMul",)
-    keep_fp32: tuple[str, ...] = ()
-    description: str = ""
-
-
-_HEAD_NODES = (r"/head/", r"pooler")
-_FFN_OUT_NODES = (r"layer\.\d+/output/dense", r"ffn/lin2", r"/mlp/down_proj")
-_MM_ATT = ("MatMul", "Attention")
-
-#: named int8 recipes; "plain" is ONNX Runtime's default dynamic quantization (the baseline to beat)
-INT8_RECIPES: dict[str, Int8Recipe] = {
-    "plain": Int8Recipe(per_channel=False, op_types=None, description="ORT defaults: per-tensor, every op type"),
-    "per_tensor": Int8Recipe(per_channel=False, op_types=_MM_ATT, description="per-tensor, MatMul+Attention"),
-    "per_channel": Int8Recipe(op_types=_MM_ATT, description="per-channel, MatMul+Attention"),
-    "per_channel_reduce_range": Int8Recipe(op_types=_MM_ATT, reduce_range=True,
-                                           description="per-channel, 7-bit weights, MatMul+Attention"),
-    "per_channel_keep_head": Int8Recipe(op_types=_MM_ATT, keep_fp32=_HEAD_NODES,
-                                        description="per-channel, MatMul+Attention; head and pooler in fp32"),
-    "per_channel_keep_ffn_out": Int8Recipe(op_types=_MM_ATT, keep_fp32=_HEAD_NODES + _FFN_OUT_NODES,
-                                           description="per-channel; head, pooler and FFN down-projection in fp32"),
-    "ffn_only": Int8Recipe(op_types=("MatMul",), keep_fp32=_HEAD_NODES,
-                           description="per-channel MatMuls (FFN, projections); attention and head in fp32"),
-}
-DEFAULT_INT8_RECIPE = "per_channel_keep_head"
-
-
 @dataclass
 class ExportResult:
     """What :func:`export_model` wrote and measured."""
@@ -137,8 +114,12 @@ class _GraphModule(nn.Module):
         self.output_names = list(output_names)
         self.with_types = with_types
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         types = token_type_ids if self.with_types else None
         if self.graph == "encoder":
             enc = self.model.bert(input_ids, attention_mask, types)
@@ -155,9 +136,9 @@ def _batch(model: BertWithHead, texts: list[str]) -> dict[str, torch.Tensor]:
     max_length = int(model.metadata.get("max_length", 128))
     features = tokenize_texts(model.tokenizer, texts, max_length=max_length)
     side = "left" if model.bert.decoder_only else "right"
-    batch = Collator.from_tokenizer(model.tokenizer, padding_side=side)([
-        {k: v[i] for k, v in features.items()} for i in range(len(texts))
-    ])
+    batch = Collator.from_tokenizer(model.tokenizer, padding_side=side)(
+        [{k: v[i] for k, v in features.items()} for i in range(len(texts))]
+    )
     if not model.bert.uses_token_type_ids:
         batch.pop("token_type_ids", None)
     return batch
@@ -169,16 +150,19 @@ def _output_names(model: BertWithHead, graph: str, batch: dict[str, torch.Tensor
     with torch.no_grad():
         if graph == "encoder":
             enc = model.bert(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            found: dict[str, Any] = {"last_hidden_state": enc.last_hidden_state, "pooler_output": enc.pooler_output}
+            found: dict[str, Any] = {
+                "last_hidden_state": enc.last_hidden_state,
+                "pooler_output": enc.pooler_output,
+            }
             return [k for k in ENCODER_OUTPUTS if found.get(k) is not None]
-        found = model(**batch)
+        found = model(**batch)  # type: ignore[operator]  (torch stubs type nn.Module attributes loosely)
     return [k for k, v in found.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n]
 
 
 @contextmanager
 def _eager_attention(model: BertWithHead) -> Iterator[None]:
     """Trace with the eager attention: its ONNX pattern is the one ORT fuses into its Attention kernel."""
-    hf = model.bert.model
+    hf: Any = model.bert.model
     before = getattr(hf.config, "_attn_implementation", None)
     switched = False
     if before not in (None, "eager") and hasattr(hf, "set_attn_implementation"):
@@ -215,39 +199,22 @@ def trace_onnx(model: BertWithHead, path: Path, graph: str = "full", opset: int 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, tuple(batch[k] for k in inputs), str(path), input_names=inputs, output_names=names,
-            dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
+            wrapper,
+            tuple(batch[k] for k in inputs),
+            str(path),
+            input_names=inputs,
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     return names
 
 
-def optimize_graph(src: Path, dst: Path, model: BertWithHead) -> dict[str, int] | None:
-    """ORT's transformer fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm) written to ``dst``.
-
-    Returns the fused-operator counts, or None when the optimizer is unavailable or fails.
-    """
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-    except ImportError:
-        return None
-    cfg = model.bert.hf_config
-    logging.disable(logging.WARNING)  # the fusion modules log every pattern they try
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            opt = optimize_model(str(src), model_type="bert", num_heads=int(getattr(cfg, "num_attention_heads", 0) or 0),
-                                 hidden_size=int(getattr(cfg, "hidden_size", 0) or 0), opt_level=0, use_gpu=False)
-            opt.save_model_to_file(str(dst))
-            stats = opt.get_fused_operator_statistics()
-    except Exception as exc:  # an unsupported pattern must not break the export: keep the plain graph
-        logger.info("ORT transformer optimizer skipped: %s", exc)
-        return None
-    finally:
-        logging.disable(logging.NOTSET)
-    return {k: int(v) for k, v in stats.items() if v}
-
-
-def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], atol: float) -> tuple[dict[str, float], list[str]]:
+def _compare(
+    reference: dict[str, np.ndarray], got: dict[str, np.ndarray], atol: float
+) -> tuple[dict[str, float], list[str]]:
     """Max abs difference per float output, and the problems (shape, integer mismatch, too far)."""
     diffs: dict[str, float] = {}
     problems: list[str] = []
@@ -266,12 +233,15 @@ def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], atol:
             if diff > atol or not np.array_equal(np.isfinite(ref), np.isfinite(out)):
                 problems.append(f"output '{name}' differs by {diff:.2e} (> {atol:g})")
         elif not np.array_equal(out, ref):
-            problems.append(f"integer output '{name}' differs in {int(np.sum(out != ref))} of {ref.size} values")
+            problems.append(
+                f"integer output '{name}' differs in {int(np.sum(out != ref))} of {ref.size} values"
+            )
     return diffs, problems
 
 
-def verify_export(model: BertWithHead, runtime: OrtModel, texts: list[str] | None = None,
-                  atol: float = 1e-4) -> tuple[dict[str, float], list[str]]:
+def verify_export(
+    model: BertWithHead, runtime: OrtModel, texts: list[str] | None = None, atol: float = 1e-4
+) -> tuple[dict[str, float], list[str]]:
     """Compare ORT (``runtime``) with PyTorch on two batches of ``texts`` (other shapes than the traced one)."""
     texts = texts or VERIFY_TEXTS
     half = max(1, len(texts) // 2 - 1)
@@ -281,8 +251,11 @@ def verify_export(model: BertWithHead, runtime: OrtModel, texts: list[str] | Non
         batch = _batch(model, chunk)
         with torch.no_grad():
             ref = model(**batch)
-        reference = {k: _np(v) for k, v in ref.items() if isinstance(v, torch.Tensor) and v.dim() > 0
-                     and v.shape[0] == len(chunk)}
+        reference = {
+            k: _np(v)
+            for k, v in ref.items()
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == len(chunk)
+        }
         got = runtime.run({k: v.numpy() for k, v in batch.items()})
         d, p = _compare(reference, got, atol)
         for k, v in d.items():
@@ -294,43 +267,6 @@ def verify_export(model: BertWithHead, runtime: OrtModel, texts: list[str] | Non
 def _np(value: torch.Tensor) -> np.ndarray:
     value = value.detach().cpu()
     return value.float().numpy() if value.is_floating_point() else value.numpy()
-
-
-def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], recipe: str | Int8Recipe) -> dict[str, Any]:
-    """Dynamic int8 quantization of an fp32 graph with a named :data:`INT8_RECIPES` recipe."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    if isinstance(recipe, str):
-        if recipe not in INT8_RECIPES:
-            raise ConfigError(f"int8 recipe '{recipe}' is unknown; choose one of: {', '.join(INT8_RECIPES)}")
-        name, spec = recipe, INT8_RECIPES[recipe]
-    else:
-        name, spec = "custom", recipe
-    import onnx
-
-    keep = _matching_nodes(src, spec.keep_fp32)
-    logging.disable(logging.WARNING)  # "consider pre-processing" advice on every call
-    try:
-        quantize_dynamic(
-            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=spec.per_channel,
-            reduce_range=spec.reduce_range, op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
-            nodes_to_exclude=keep,
-            # fused com.microsoft operators defeat ONNX shape inference; their outputs are float tensors
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        logging.disable(logging.NOTSET)
-    return {"recipe": name, **asdict(spec), "nodes_kept_fp32": len(keep)}
-
-
-def _matching_nodes(path: str | os.PathLike[str], patterns: tuple[str, ...]) -> list[str]:
-    if not patterns:
-        return []
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
-    return [node.name for node in graph.node if node.name and regex.search(node.name)]
 
 
 def _copy_support_files(model: BertWithHead, source: Path | None, target: Path) -> None:
@@ -345,19 +281,32 @@ def _copy_support_files(model: BertWithHead, source: Path | None, target: Path) 
     (target / "head").mkdir(exist_ok=True)
     write_json(target / "head" / "config.json", model.head.config.to_dict())
     save_model(model.head, str(target / "head" / "model.safetensors"), metadata={"format": "pt"})
+    if source is not None and (source / "postprocess.json").is_file():
+        shutil.copy2(source / "postprocess.json", target / "postprocess.json")
     if source is not None and (source / METADATA_FILE).is_file():
         shutil.copy2(source / METADATA_FILE, target / METADATA_FILE)
         return
     meta = {
-        "bertkit_version": __version__, "task": model.head.task, "head_type": model.head.registry_name,
-        "label_names": model.head.label_names(), "backbone": model.bert.config.model_name_or_path,
-        "model_type": model.bert.model_type, **model.metadata,
+        "bertkit_version": __version__,
+        "task": model.head.task,
+        "head_type": model.head.registry_name,
+        "label_names": model.head.label_names(),
+        "backbone": model.bert.config.model_name_or_path,
+        "model_type": model.bert.model_type,
+        **model.metadata,
     }
     write_json(target / METADATA_FILE, meta)
 
 
-def _export_verified(model: BertWithHead, head: Any, folder: Path, graph: str, opset: int, atol: float,
-                     verify_texts: list[str] | None) -> tuple[str, list[str], OrtModel, dict[str, float]]:
+def _export_verified(
+    model: BertWithHead,
+    head: Any,
+    folder: Path,
+    graph: str,
+    opset: int,
+    atol: float,
+    verify_texts: list[str] | None,
+) -> tuple[str, list[str], OrtModel, dict[str, float]]:
     """Trace the whole forward (else the encoder alone, with ``graph="auto"``) and check it against PyTorch."""
     errors: list[str] = []
     for kind in ["full", "encoder"] if graph == "auto" else [graph]:
@@ -374,9 +323,17 @@ def _export_verified(model: BertWithHead, head: Any, folder: Path, graph: str, o
     raise ExportError(f"ONNX export does not reproduce the PyTorch model ({' | '.join(errors)})")
 
 
-def _optimize_verified(model: BertWithHead, head: Any, folder: Path, kind: str, names: list[str], runtime: OrtModel,
-                       diffs: dict[str, float], atol: float, verify_texts: list[str] | None,
-                       ) -> tuple[dict[str, int] | None, OrtModel, dict[str, float]]:
+def _optimize_verified(
+    model: BertWithHead,
+    head: Any,
+    folder: Path,
+    kind: str,
+    names: list[str],
+    runtime: OrtModel,
+    diffs: dict[str, float],
+    atol: float,
+    verify_texts: list[str] | None,
+) -> tuple[dict[str, int] | None, OrtModel, dict[str, float]]:
     """Fuse the verified graph; keep the fused one only when it verifies as well."""
     fused_path = folder / "model.fused.onnx"
     fused = optimize_graph(folder / FP32_FILE, fused_path, model)
@@ -393,7 +350,11 @@ def _optimize_verified(model: BertWithHead, head: Any, folder: Path, kind: str, 
         return None, runtime, diffs
     del runtime
     os.replace(fused_path, folder / FP32_FILE)
-    return fused, OrtModel(folder / FP32_FILE, head, kind, names, providers=["CPUExecutionProvider"]), fused_diffs
+    return (
+        fused,
+        OrtModel(folder / FP32_FILE, head, kind, names, providers=["CPUExecutionProvider"]),
+        fused_diffs,
+    )
 
 
 def export_model(
@@ -434,11 +395,16 @@ def export_model(
         raise ConfigError(f"graph='{graph}' is not valid; choose one of: {', '.join(GRAPHS)}")
     source: Path | None = None
     if not isinstance(model, BertWithHead):
+        from bertkit.training.postprocess import apply_to_model, load_postprocess
+
         source = check_model_folder(model)
         model = BertWithHead.from_pretrained(source)
+        apply_to_model(model, load_postprocess(source))  # fitted thresholds go into the graph too
     model = model.eval().cpu()
     if model.head.level == "bi_encoder":
-        raise ExportError(f"'{model.head.registry_name}' runs the encoder twice per example; export is not supported")
+        raise ExportError(
+            f"'{model.head.registry_name}' runs the encoder twice per example; export is not supported"
+        )
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -448,7 +414,9 @@ def export_model(
         kind, names, runtime, diffs = _export_verified(model, head, tmp, graph, opset, atol, verify_texts)
         fused: dict[str, int] | None = None
         if optimize:
-            fused, runtime, diffs = _optimize_verified(model, head, tmp, kind, names, runtime, diffs, atol, verify_texts)
+            fused, runtime, diffs = _optimize_verified(
+                model, head, tmp, kind, names, runtime, diffs, atol, verify_texts
+            )
         files = {"fp32": FP32_FILE}
         int8_report: dict[str, Any] = {}
         if quantize == "int8":
@@ -459,14 +427,23 @@ def export_model(
             int8_report["verification_problems"] = q_problems
             files["int8"] = INT8_FILE
         info = {
-            "format": "onnx", "opset": opset, "graph": kind, "bertkit_version": __version__,
-            "torch_version": torch.__version__, "inputs": [i.name for i in runtime.session.get_inputs()],
-            "outputs": names, "files": files, "default": "int8" if quantize == "int8" else "fp32",
-            "quantization": int8_report or None, "decoder_only": bool(model.bert.decoder_only),
+            "format": "onnx",
+            "opset": opset,
+            "graph": kind,
+            "bertkit_version": __version__,
+            "torch_version": torch.__version__,
+            "inputs": [i.name for i in runtime.session.get_inputs()],
+            "outputs": names,
+            "files": files,
+            "default": "int8" if quantize == "int8" else "fp32",
+            "quantization": int8_report or None,
+            "decoder_only": bool(model.bert.decoder_only),
             "ort_fusions": fused,
             "verification": {"max_abs_diff": diffs, "atol": atol, "texts": len(verify_texts or VERIFY_TEXTS)},
-            "task": model.head.task, "head_type": model.head.registry_name,
-            "backbone": model.bert.config.model_name_or_path, "model_type": model.bert.model_type,
+            "task": model.head.task,
+            "head_type": model.head.registry_name,
+            "backbone": model.bert.config.model_name_or_path,
+            "model_type": model.bert.model_type,
         }
         write_json_atomic(tmp / EXPORT_FILE, info)
         del runtime

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from bertkit.config import HeadConfig
 from bertkit.data import DatasetProfile, TokenizedDataset, tokenize_texts
-from bertkit.data.samplers import sorted_inference_batches
 from bertkit.data.tokenize import Collator
 from bertkit.errors import ConfigError, ModelFolderError
 from bertkit.heads import BaseHead, create_head
-from bertkit.inference.batched import concat_outputs
+from bertkit.inference.batched import predict_outputs
 from bertkit.inference.predictor import Predictor
 from bertkit.persistence import METADATA_FILE, load_safetensors_into, read_json
 
@@ -35,6 +36,7 @@ __all__ = [
     "ExportedModel",
     "OnnxPredictor",
     "OrtModel",
+    "OrtModule",
     "is_export_dir",
     "load_export_head",
     "read_export_info",
@@ -73,8 +75,9 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(path: str | os.PathLike[str], num_threads: int | None = None,
-                 providers: list[str] | None = None) -> Any:
+def make_session(
+    path: str | os.PathLike[str], num_threads: int | None = None, providers: list[str] | None = None
+) -> Any:
     """An ONNX Runtime session with all graph optimisations and ``num_threads`` intra-op threads."""
     import onnxruntime as ort
 
@@ -102,8 +105,15 @@ class OrtModel:
         providers: ORT execution providers (default: CUDA when available, then CPU).
     """
 
-    def __init__(self, onnx_path: str | os.PathLike[str], head: BaseHead, graph: str, output_names: list[str],
-                 num_threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike[str],
+        head: BaseHead,
+        graph: str,
+        output_names: list[str],
+        num_threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
         if graph not in ("full", "encoder"):
             raise ModelFolderError(f"unknown export graph kind '{graph}' (expected 'full' or 'encoder')")
         self.session = make_session(onnx_path, num_threads, providers)
@@ -179,12 +189,45 @@ class ExportedModel:
         return list(self.info.get("files", {}))
 
 
+class OrtModule(nn.Module):
+    """An :class:`OrtModel` behind ``BertWithHead``'s call convention (``model(**batch) -> dict of tensors``).
+
+    Lets code written for PyTorch models — :func:`~bertkit.inference.batched.predict_outputs`, sliding-window
+    inference — run ONNX Runtime unchanged; with ``labels`` the head's own ``compute_loss`` adds ``"loss"``.
+    """
+
+    def __init__(self, runtime: OrtModel, exported: ExportedModel) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.head = exported.head
+        self.tokenizer = exported.tokenizer
+        self.metadata = exported.metadata
+        self.bert = SimpleNamespace(decoder_only=exported.decoder_only)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        out: dict[str, Any] = {k: torch.from_numpy(v) for k, v in self.runtime.run(batch).items()}
+        if labels is not None:
+            out["loss"] = self.head.compute_loss(out, labels)
+        return out
+
+
 class OnnxPredictor(Predictor):
     """:class:`Predictor` on ONNX Runtime: same ``predict``/``predict_proba``/``predict_frame``/``evaluate``.
 
+    Batches are length-sorted and results come back in input order; sliding-window models (``chunk_stride``)
+    and fitted post-processing (``postprocess.json``) behave as with the PyTorch predictor.
+
     Args:
         folder: an export folder.
-        batch_size: texts per ORT call (batches are length-sorted, results come back in input order).
+        batch_size: texts per ORT call.
         precision: ``"fp32"``, ``"int8"`` or None for the folder's default (``export.json``'s ``default``).
         num_threads: ORT intra-op threads (default: the cores this process may use).
         providers: ORT execution providers.
@@ -192,9 +235,18 @@ class OnnxPredictor(Predictor):
         model_file: another ``.onnx`` file of the folder to run (e.g. an int8 variant written by the benchmark).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], batch_size: int = 64, precision: str | None = None,
-                 num_threads: int | None = None, providers: list[str] | None = None, device: str = "auto",
-                 model_file: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        batch_size: int = 64,
+        precision: str | None = None,
+        num_threads: int | None = None,
+        providers: list[str] | None = None,
+        device: str = "auto",
+        model_file: str | None = None,
+    ) -> None:
+        from bertkit.training.postprocess import apply_to_model, load_postprocess
+
         exported = ExportedModel(folder)
         info = exported.info
         if providers is None and device == "cpu":
@@ -204,53 +256,71 @@ class OnnxPredictor(Predictor):
         if model_file is not None:
             files[precision] = model_file
         if precision not in files:
-            raise ConfigError(f"precision '{precision}' is not in {folder}; available: {', '.join(files) or 'none'}")
+            raise ConfigError(
+                f"precision '{precision}' is not in {folder}; available: {', '.join(files) or 'none'}"
+            )
         self.precision = precision
         self.exported = exported
         self.model: Any = exported  # duck-typed BertWithHead for the inherited Predictor methods
-        self.runtime = OrtModel(Path(folder) / files[precision], exported.head, str(info.get("graph", "full")),
-                                list(info["outputs"]), num_threads, providers)
+        self.runtime = OrtModel(
+            Path(folder) / files[precision],
+            exported.head,
+            str(info.get("graph", "full")),
+            list(info["outputs"]),
+            num_threads,
+            providers,
+        )
+        self.module = OrtModule(self.runtime, exported)
+        self.device = torch.device("cpu")  # where the outputs' tensors live; ORT picks its own provider
         self.batch_size = int(batch_size)
         data = exported.metadata.get("data")
         self.profile = DatasetProfile.from_dict(data) if data else None
         self.max_length = int(exported.metadata.get("max_length", 128))
         self.truncation = str(exported.metadata.get("truncation", "head"))
+        self.chunk_stride = int(exported.metadata.get("chunk_stride", 0) or 0)
+        self.chunk_aggregation = str(exported.metadata.get("chunk_aggregation", "mean"))
         side = "left" if exported.decoder_only else "right"
         self.collator = Collator.from_tokenizer(exported.tokenizer, padding_side=side)
+        self.postprocess = load_postprocess(folder)
+        apply_to_model(exported, self.postprocess)
 
     @classmethod
     def from_dir(cls, path: str | Path, **kwargs: Any) -> OnnxPredictor:
         """Load an export folder."""
+        kwargs.pop("postprocess", None)  # read from the folder itself
         return cls(path, **kwargs)
 
-    def outputs(self, texts_a: list[str], texts_b: list[str] | None = None,
-                targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def outputs(
+        self, texts_a: list[str], texts_b: list[str] | None = None, targets: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Raw head outputs (numpy, input order) for lists of texts; ``loss`` too when targets are given."""
-        features = tokenize_texts(self.model.tokenizer, texts_a, texts_b, max_length=self.max_length,
-                                  truncation=self.truncation if texts_b is None else "head")
-        return self.dataset_outputs(TokenizedDataset(features, targets))
+        from bertkit.training.chunks import chunked_outputs
+        from bertkit.training.postprocess import apply_postprocess
+
+        features = tokenize_texts(
+            self.model.tokenizer,
+            texts_a,
+            texts_b,
+            max_length=self.max_length,
+            truncation=self.truncation if texts_b is None else "head",
+        )
+        dataset = TokenizedDataset(features, targets)
+        if self.chunk_stride and texts_b is None:
+            out = chunked_outputs(
+                self.module,
+                texts_a,
+                self.max_length,
+                self.chunk_stride,
+                self.chunk_aggregation,
+                self.batch_size,
+                self.device,
+            )
+            if targets is not None:
+                out["loss"] = self.dataset_outputs(dataset)["loss"]
+        else:
+            out = self.dataset_outputs(dataset)
+        return apply_postprocess(self.postprocess, out)
 
     def dataset_outputs(self, dataset: Any) -> dict[str, np.ndarray]:
         """Outputs over a tokenized dataset with length-sorted batches, returned in input order."""
-        batches = sorted_inference_batches(dataset.lengths, self.batch_size)
-        chunks: dict[str, list[np.ndarray]] = {}
-        loss_sum, n_loss = 0.0, 0
-        head = self.exported.head
-        for idx in batches:
-            batch = self.collator([dataset[i] for i in idx])
-            out = self.runtime.run(batch)
-            if "labels" in batch:
-                with torch.no_grad():
-                    loss = head.compute_loss({k: torch.from_numpy(v) for k, v in out.items()}, batch["labels"])
-                loss_sum += float(loss) * len(idx)
-                n_loss += len(idx)
-            for key, value in out.items():
-                if value.ndim > 0 and value.shape[0] == len(idx):
-                    chunks.setdefault(key, []).append(value)
-        order = np.concatenate([np.asarray(i, dtype=np.int64) for i in batches]) if batches else np.zeros(0, np.int64)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        result = {k: concat_outputs(v)[inverse] for k, v in chunks.items()}
-        if n_loss:
-            result["loss"] = np.asarray(loss_sum / n_loss)
-        return result
+        return predict_outputs(self.module, dataset, self.collator, self.batch_size, self.device)

@@ -18,6 +18,7 @@ piling up work. Invalid bodies get 422 with a one-line ``error`` plus pydantic's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,20 +47,34 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = Field(None, description="One text.", examples=["The battery died after two days."])
-    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS_PER_REQUEST,
-                                    description="A batch of texts (answered in the same order).")
+    texts: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TEXTS_PER_REQUEST,
+        description="A batch of texts (answered in the same order).",
+    )
     text_a: str | None = Field(None, description="First text of a pair (with text_b).")
     text_b: str | None = Field(None, description="Second text of a pair (with text_a).")
-    pairs: list[tuple[str, str]] | None = Field(None, min_length=1, max_length=MAX_TEXTS_PER_REQUEST,
-                                                description="A batch of [text_a, text_b] pairs.")
+    pairs: list[tuple[str, str]] | None = Field(
+        None, min_length=1, max_length=MAX_TEXTS_PER_REQUEST, description="A batch of [text_a, text_b] pairs."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:
-        given = [name for name, ok in (("text", self.text is not None), ("texts", self.texts is not None),
-                                       ("text_a/text_b", self.text_a is not None or self.text_b is not None),
-                                       ("pairs", self.pairs is not None)) if ok]
+        given = [
+            name
+            for name, ok in (
+                ("text", self.text is not None),
+                ("texts", self.texts is not None),
+                ("text_a/text_b", self.text_a is not None or self.text_b is not None),
+                ("pairs", self.pairs is not None),
+            )
+            if ok
+        ]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of text, texts, text_a+text_b or pairs (got: {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"give exactly one of text, texts, text_a+text_b or pairs (got: {', '.join(given) or 'none'})"
+            )
         if given[0] == "text_a/text_b" and (self.text_a is None or self.text_b is None):
             raise ValueError("a pair needs both text_a and text_b")
         return self
@@ -83,8 +98,12 @@ class Prediction(BaseModel):
     """One text's prediction: the decoded label/value, class probabilities and every prediction column."""
 
     prediction: Any = Field(description="Label name, label list, string such as 'INTJ', or number(s).")
-    probabilities: dict[str, float] | None = Field(None, description="Probability per label, when the task has them.")
-    columns: dict[str, Any] = Field(default_factory=dict, description="All columns of the head's prediction file.")
+    probabilities: dict[str, float] | None = Field(
+        None, description="Probability per label, when the task has them."
+    )
+    columns: dict[str, Any] = Field(
+        default_factory=dict, description="All columns of the head's prediction file."
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -147,7 +166,9 @@ class MicroBatcher:
     _worker: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bertkit-infer"), init=False, repr=False
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bertkit-infer"),
+        init=False,
+        repr=False,
     )
 
     @property
@@ -167,10 +188,8 @@ class MicroBatcher:
         """Cancel the worker; waiting requests get an error rather than hanging."""
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         while self._queue is not None and not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -185,7 +204,9 @@ class MicroBatcher:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise QueueFullError(f"the request queue is full ({self.max_queue} waiting); retry shortly") from None
+            raise QueueFullError(
+                f"the request queue is full ({self.max_queue} waiting); retry shortly"
+            ) from None
         return await job.future
 
     async def _gather(self, first: _Job) -> list[_Job]:
@@ -237,8 +258,14 @@ class MicroBatcher:
             start = end
 
 
-def create_app(model_or_export_dir: str | Path, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-               max_queue: int = 256, max_texts: int = MAX_TEXTS_PER_REQUEST, **predictor_kwargs: Any) -> Any:
+def create_app(
+    model_or_export_dir: str | Path,
+    max_batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 256,
+    max_texts: int = MAX_TEXTS_PER_REQUEST,
+    **predictor_kwargs: Any,
+) -> Any:
     """FastAPI app serving a run folder, a model folder or an export folder (ONNX Runtime).
 
     Args:
@@ -277,8 +304,12 @@ def create_app(model_or_export_dir: str | Path, max_batch_size: int = 32, max_wa
         yield
         await batcher.stop()
 
-    app = FastAPI(title="bertkit inference", version=__version__, lifespan=lifespan,
-                  description=f"{head.task} model ({head.registry_name}) served by bertkit on {runtime}.")
+    app = FastAPI(
+        title="bertkit inference",
+        version=__version__,
+        lifespan=lifespan,
+        description=f"{head.task} model ({head.registry_name}) served by bertkit on {runtime}.",
+    )
     app.state.batcher = batcher
     app.state.predictor = predictor
 
@@ -288,14 +319,19 @@ def create_app(model_or_export_dir: str | Path, max_batch_size: int = 32, max_wa
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return JSONResponse(status_code=422, content={"error": f"invalid request ({where}): {msg}",
-                                                      "detail": _plain(errors)})
+        return JSONResponse(
+            status_code=422, content={"error": f"invalid request ({where}): {msg}", "detail": _plain(errors)}
+        )
 
-    @app.post("/predict", response_model=Prediction | BatchPrediction, responses={
-        413: {"description": "Too many texts in one request."},
-        422: {"description": "Invalid request body."},
-        503: {"description": "The request queue is full; retry after the Retry-After seconds."},
-    })
+    @app.post(
+        "/predict",
+        response_model=Prediction | BatchPrediction,
+        responses={
+            413: {"description": "Too many texts in one request."},
+            422: {"description": "Invalid request body."},
+            503: {"description": "The request queue is full; retry after the Retry-After seconds."},
+        },
+    )
     async def predict(body: PredictRequest) -> Any:
         """Predict one text, a batch of texts, one pair or a batch of pairs."""
         texts_a, texts_b = body.split()
@@ -312,21 +348,35 @@ def create_app(model_or_export_dir: str | Path, max_batch_size: int = 32, max_wa
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness and load: queue depth, batches and texts served."""
-        return {"status": "ok", "queue_size": batcher.queue_size, "max_queue": max_queue,
-                "batches_run": batcher.batches_run, "texts_run": batcher.texts_run,
-                "uptime_s": round(time.time() - started, 3)}
+        return {
+            "status": "ok",
+            "queue_size": batcher.queue_size,
+            "max_queue": max_queue,
+            "batches_run": batcher.batches_run,
+            "texts_run": batcher.texts_run,
+            "uptime_s": round(time.time() - started, 3),
+        }
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
         """Task, labels, backbone, head, runtime and batching settings."""
         info = getattr(getattr(predictor, "model", None), "info", {}) or {}
         return {
-            "task": head.task, "head_type": head.registry_name, "labels": head.label_names(),
-            "backbone": meta.get("backbone"), "model_type": meta.get("model_type"), "runtime": runtime,
-            "precision": getattr(predictor, "precision", "fp32"), "graph": info.get("graph"),
-            "max_length": getattr(predictor, "max_length", None), "bertkit_version": __version__,
-            "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
-            "max_texts_per_request": max_texts, "source": str(model_or_export_dir),
+            "task": head.task,
+            "head_type": head.registry_name,
+            "labels": head.label_names(),
+            "backbone": meta.get("backbone"),
+            "model_type": meta.get("model_type"),
+            "runtime": runtime,
+            "precision": getattr(predictor, "precision", "fp32"),
+            "graph": info.get("graph"),
+            "max_length": getattr(predictor, "max_length", None),
+            "bertkit_version": __version__,
+            "max_batch_size": max_batch_size,
+            "max_wait_ms": max_wait_ms,
+            "max_queue": max_queue,
+            "max_texts_per_request": max_texts,
+            "source": str(model_or_export_dir),
         }
 
     return app
@@ -344,8 +394,13 @@ def _plain(errors: Any) -> Any:
     return out
 
 
-def serve(model_or_export_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **app_kwargs: Any) -> None:
+def serve(
+    model_or_export_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    **app_kwargs: Any,
+) -> None:
     """Run :func:`create_app` with uvicorn until interrupted."""
     import uvicorn
 

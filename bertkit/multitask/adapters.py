@@ -143,7 +143,9 @@ def resolve_target_modules(model: nn.Module, spec: Any) -> list[str] | str:
     if spec == "all-linear":
         return "all-linear"
     if spec != "attention":
-        raise ConfigError(f"adapters.target_modules='{spec}' is not valid; use attention, all-linear or a list")
+        raise ConfigError(
+            f"adapters.target_modules='{spec}' is not valid; use attention, all-linear or a list"
+        )
     found = sorted(
         {
             suffix
@@ -166,8 +168,11 @@ def lora_config(rank: int, cfg: AdapterConfig, targets: list[str] | str) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=int(rank), lora_alpha=float(cfg.alpha_ratio) * int(rank), lora_dropout=float(cfg.lora_dropout),
-        target_modules=targets, bias="none",
+        r=int(rank),
+        lora_alpha=float(cfg.alpha_ratio) * int(rank),
+        lora_dropout=float(cfg.lora_dropout),
+        target_modules=targets,
+        bias="none",
     )
 
 
@@ -192,7 +197,9 @@ class AdapterStrategy(nn.Module):
     def __init__(self, config: AdapterConfig, task_levels: dict[str, int], hidden_size: int) -> None:
         super().__init__()
         if not config.uses_lora:
-            raise ConfigError("AdapterStrategy needs an adapter strategy (s1, s2, s3a, s3b or s4), not 'none'")
+            raise ConfigError(
+                "AdapterStrategy needs an adapter strategy (s1, s2, s3a, s3b or s4), not 'none'"
+            )
         self.config = config
         self.tasks = list(task_levels)
         self.hidden_size = int(hidden_size)
@@ -250,8 +257,9 @@ class AdapterStrategy(nn.Module):
         targets = resolve_target_modules(bert.model, self.config.target_modules)
         ranks = self.adapter_ranks()
         names = list(ranks)
-        peft_model = get_peft_model(bert.model, lora_config(ranks[names[0]], self.config, targets),
-                                    adapter_name=names[0])
+        peft_model = get_peft_model(
+            bert.model, lora_config(ranks[names[0]], self.config, targets), adapter_name=names[0]
+        )
         for name in names[1:]:
             peft_model.add_adapter(name, lora_config(ranks[name], self.config, targets))
         bert.model = peft_model
@@ -265,9 +273,12 @@ class AdapterStrategy(nn.Module):
         names = list(self.adapter_ranks())
         missing = [n for n in names if not (folder / n / "adapter_config.json").is_file()]
         if missing:
-            raise ModelFolderError(f"{folder} lacks the adapter folder(s) {missing}; the model folder is incomplete")
-        peft_model = PeftModel.from_pretrained(bert.model, str(folder / names[0]), adapter_name=names[0],
-                                               is_trainable=True)
+            raise ModelFolderError(
+                f"{folder} lacks the adapter folder(s) {missing}; the model folder is incomplete"
+            )
+        peft_model = PeftModel.from_pretrained(
+            bert.model, str(folder / names[0]), adapter_name=names[0], is_trainable=True
+        )
         for name in names[1:]:
             peft_model.load_adapter(str(folder / name), adapter_name=name, is_trainable=True)
         bert.model = peft_model
@@ -329,7 +340,9 @@ class AdapterStrategy(nn.Module):
         """The features of ``task`` given ``encode(adapters, need_grad) -> BertOutput``."""
         s = self.config.strategy
         if s == "s3a":
-            return fuse_outputs(self.fusions[task], encode((SHARED,), True), encode((private_name(task),), True))
+            return fuse_outputs(
+                self.fusions[task], encode((SHARED,), True), encode((private_name(task),), True)
+            )
         if s == "s3b":
             assert self.hierarchy is not None
             return self.hierarchy.features(task, encode)

@@ -134,7 +134,9 @@ class ModelOptions(ConfigBase):
     def __post_init__(self) -> None:
         self.quantization = check_choice("model.quantization", self.quantization, ("auto", "4bit", "none"))
         self.attn_implementation = check_choice(
-            "model.attn_implementation", self.attn_implementation, ("auto", "sdpa", "eager", "flash_attention_2")
+            "model.attn_implementation",
+            self.attn_implementation,
+            ("auto", "sdpa", "eager", "flash_attention_2"),
         )
         if self.gradient_checkpointing not in ("auto", True, False):
             raise ConfigError(
@@ -155,6 +157,8 @@ class MultiTaskTrainingConfig(TrainingConfig):
         gradient_surgery: ``none`` or ``pcgrad`` (every step takes one batch of every task and projects
             conflicting gradients on the shared parameters, Yu et al. 2020).
         eval_every: evaluate every N steps (0: ~10 evaluations per run).
+        auto_batch_size: before training, find the largest batch size up to ``batch_size`` whose
+            forward + backward on every task's longest examples fits in memory (halving on out-of-memory).
     """
 
     steps: int = 0
@@ -163,13 +167,18 @@ class MultiTaskTrainingConfig(TrainingConfig):
     loss_weighting: str = "static"
     gradient_surgery: str = "none"
     eval_every: int = 0
+    auto_batch_size: bool = False
     calibrate: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.sampling = check_choice("training.sampling", self.sampling, SAMPLINGS)
-        self.loss_weighting = check_choice("training.loss_weighting", self.loss_weighting, ("static", "uncertainty"))
-        self.gradient_surgery = check_choice("training.gradient_surgery", self.gradient_surgery, ("none", "pcgrad"))
+        self.loss_weighting = check_choice(
+            "training.loss_weighting", self.loss_weighting, ("static", "uncertainty")
+        )
+        self.gradient_surgery = check_choice(
+            "training.gradient_surgery", self.gradient_surgery, ("none", "pcgrad")
+        )
         if self.temperature <= 0:
             raise ConfigError(f"training.temperature must be > 0, got {self.temperature}")
         if self.steps < 0 or self.eval_every < 0:
@@ -237,7 +246,9 @@ class TaskSpec(ConfigBase):
         if self.type_dimensions is not None:
             dims = [[str(a) for a in pair] for pair in self.type_dimensions]
             if not dims or any(len(p) != 2 for p in dims):
-                raise ConfigError(f"type_dimensions needs pairs of letters like [E, I], got {self.type_dimensions}")
+                raise ConfigError(
+                    f"type_dimensions needs pairs of letters like [E, I], got {self.type_dimensions}"
+                )
             self.type_dimensions = dims
             if self.mask_type_names is None:
                 self.mask_type_names = True
@@ -281,7 +292,9 @@ class MultiTaskConfig:
         if unknown:
             close = difflib.get_close_matches(unknown[0], sections, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown multi-task section '{unknown[0]}'{hint}; valid: {', '.join(sections)}")
+            raise ConfigError(
+                f"unknown multi-task section '{unknown[0]}'{hint}; valid: {', '.join(sections)}"
+            )
         raw_tasks = data.get("tasks") or {}
         if not isinstance(raw_tasks, dict) or not raw_tasks:
             raise ConfigError("a multi-task config needs a 'tasks' mapping with at least one task")

@@ -89,7 +89,7 @@ def collator_for(kind: str, tokenizer: Any) -> Any:
     return Collator.from_tokenizer(tokenizer, padding_side="right")
 
 
-def _shuffled_head(n: int, k: int | None, seed: int) -> np.ndarray:
+def shuffled_head(n: int, k: int | None, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(n)
     return order if not k or k >= n else order[:k]
 
@@ -125,7 +125,9 @@ def compose_types(predictions: np.ndarray, dimensions: list[list[str]]) -> list[
     return ["".join(dimensions[j][int(v)] for j, v in enumerate(row)) for row in predictions]
 
 
-def dimension_metrics(proba: np.ndarray, targets: np.ndarray, dimensions: list[list[str]]) -> dict[str, float]:
+def dimension_metrics(
+    proba: np.ndarray, targets: np.ndarray, dimensions: list[list[str]]
+) -> dict[str, float]:
     """Per-dimension accuracy, their mean, and all-dimensions-correct accuracy (threshold 0.5)."""
     pred = (proba >= 0.5).astype(int)
     y = targets.astype(int)
@@ -167,24 +169,30 @@ def _text_and_type_columns(df: pd.DataFrame, spec: TaskSpec, where: str) -> tupl
     return text_col, type_col
 
 
-def _dimension_split(path: str, info: dict, tokenizer: Any, n: int | None, seed: int) -> TokenizedDataset:
+def dimension_split(path: str, info: dict, tokenizer: Any, n: int | None, seed: int) -> TokenizedDataset:
     df = read_table(path)
-    df = df.iloc[np.sort(_shuffled_head(len(df), n, seed))]
+    df = df.iloc[np.sort(shuffled_head(len(df), n, seed))]
     return TokenizedDataset(*_dimension_frame(df, info, tokenizer))
 
 
-def load_dimension_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str,
-                        seed: int) -> TaskData:
+def load_dimension_task(
+    name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str, seed: int
+) -> TaskData:
     """A type-string task (e.g. MBTI): split the type column into 0/1 targets, mask type names."""
     df = read_table(spec.train)
     text_col, type_col = _text_and_type_columns(df, spec, str(spec.train))
     dims = spec.type_dimensions
     info = {
-        "kind": "dimensions", "text_column": text_col, "label_column": type_col, "dimensions": dims,
-        "mask_type_names": bool(spec.mask_type_names), "mask_token": tokenizer.mask_token or "[MASK]",
-        "max_length": max_length, "truncation": truncation,
+        "kind": "dimensions",
+        "text_column": text_col,
+        "label_column": type_col,
+        "dimensions": dims,
+        "mask_type_names": bool(spec.mask_type_names),
+        "mask_token": tokenizer.mask_token or "[MASK]",
+        "max_length": max_length,
+        "truncation": truncation,
     }
-    order = _shuffled_head(len(df), None, seed)
+    order = shuffled_head(len(df), None, seed)
     n_valid = 0 if spec.valid else max(1, int(round(0.1 * len(df))))
     train_rows = order[n_valid:]
     if spec.max_train_samples:
@@ -192,7 +200,7 @@ def load_dimension_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: i
     sub = df.iloc[np.sort(train_rows)]
     tmp_train = TokenizedDataset(*_dimension_frame(sub, info, tokenizer))
     if spec.valid:
-        valid = _dimension_split(spec.valid, info, tokenizer, spec.max_eval_samples, seed)
+        valid = dimension_split(spec.valid, info, tokenizer, spec.max_eval_samples, seed)
     else:
         valid = TokenizedDataset(*_dimension_frame(df.iloc[np.sort(order[:n_valid])], info, tokenizer))
     train_y = np.asarray(tmp_train.targets)
@@ -201,9 +209,13 @@ def load_dimension_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: i
         pos = train_y.mean(0).clip(1e-3, 1 - 1e-3)
         pos_weight = ((1 - pos) / pos).round(4).tolist()
     head = {
-        "head_type": "multilabel_classification", "num_labels": len(dims),
-        "label_names": [f"{a}{b}" for a, b in dims], "pooling_type": "cls", "dropout_prob": 0.1,
-        "loss_type": spec.loss, "extra": {"dimensions": dims, "fixed_thresholds": True},
+        "head_type": "multilabel_classification",
+        "num_labels": len(dims),
+        "label_names": [f"{a}{b}" for a, b in dims],
+        "pooling_type": "cls",
+        "dropout_prob": 0.1,
+        "loss_type": spec.loss,
+        "extra": {"dimensions": dims, "fixed_thresholds": True},
     }
     if isinstance(pos_weight, list):
         head["extra"]["pos_weights"] = [float(w) for w in pos_weight]
@@ -211,7 +223,7 @@ def load_dimension_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: i
     data = TaskData(name, "dimensions", head, info, train=tmp_train, valid=valid, weight=spec.weight)
     data.extras["train_targets"] = train_y
     if spec.test:
-        data.test = _dimension_split(spec.test, info, tokenizer, spec.max_eval_samples, seed)
+        data.test = dimension_split(spec.test, info, tokenizer, spec.max_eval_samples, seed)
     return data
 
 
@@ -220,7 +232,9 @@ def _dimension_frame(df: pd.DataFrame, info: dict, tokenizer: Any) -> tuple[dict
     if info["mask_type_names"]:
         texts = mask_type_names(texts, info["dimensions"], info["mask_token"])
     targets = split_types(df[info["label_column"]], info["dimensions"], info["label_column"])
-    feats = tokenize_texts(tokenizer, texts, None, max_length=info["max_length"], truncation=info["truncation"])
+    feats = tokenize_texts(
+        tokenizer, texts, None, max_length=info["max_length"], truncation=info["truncation"]
+    )
     return feats, targets
 
 
@@ -233,19 +247,27 @@ def _merge_head_options(head: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
     return out
 
 
-def load_table_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str,
-                    seed: int) -> TaskData:
+def load_table_task(
+    name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str, seed: int
+) -> TaskData:
     """A sequence task from a table, read with bertkit's analyzer (columns, labels, recommended head)."""
     from bertkit.data.analyze import TASKS
     from bertkit.runconfig import RunConfig
     from bertkit.training.run import make_dataset, profile_for, select_rows
 
-    rc = RunConfig.from_dict({
-        "data": {"task": spec.task if spec.task in TASKS else "auto", "text_column": spec.text_column,
-                 "text_columns": spec.text_columns, "label_column": spec.label_column, "id_column": spec.id_column,
-                 "max_train_samples": spec.max_train_samples},
-        "training": {"max_length": max_length, "truncation": truncation, "seed": seed},
-    })
+    rc = RunConfig.from_dict(
+        {
+            "data": {
+                "task": spec.task if spec.task in TASKS else "auto",
+                "text_column": spec.text_column,
+                "text_columns": spec.text_columns,
+                "label_column": spec.label_column,
+                "id_column": spec.id_column,
+                "max_train_samples": spec.max_train_samples,
+            },
+            "training": {"max_length": max_length, "truncation": truncation, "seed": seed},
+        }
+    )
     df = read_table(spec.train)
     profile = profile_for(df, rc, tokenizer, str(spec.train))
     train_df, valid_df = select_rows(df, rc, profile, has_valid=spec.valid is not None)
@@ -265,11 +287,11 @@ def load_table_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, 
     data = TaskData(name, "table", head, info, weight=spec.weight)
     data.train = make_dataset(train_df, profile, tokenizer, rc)[0]
     if valid_df is not None and len(valid_df):
-        valid_df = valid_df.iloc[_shuffled_head(len(valid_df), spec.max_eval_samples, seed)]
+        valid_df = valid_df.iloc[shuffled_head(len(valid_df), spec.max_eval_samples, seed)]
         data.valid = make_dataset(valid_df, profile, tokenizer, rc)[0]
     if spec.test:
         test_df = read_table(spec.test)
-        test_df = test_df.iloc[_shuffled_head(len(test_df), spec.max_eval_samples, seed)]
+        test_df = test_df.iloc[shuffled_head(len(test_df), spec.max_eval_samples, seed)]
         labelled = all(c in test_df.columns for c in profile.label_columns)
         data.test = make_dataset(test_df, profile, tokenizer, rc, require_labels=labelled)[0]
     return data
@@ -281,8 +303,12 @@ def ner_windows(docs: list[Any], tokenizer: Any, info: dict, labelled: bool) -> 
 
     label2id = {t: i for i, t in enumerate(info["label_names"])}
     return align_labels(
-        tokenizer, [d.tokens for d in docs], [d.tags for d in docs] if labelled else None,
-        label2id=label2id if labelled else None, max_length=info["max_length"], stride=info["stride"],
+        tokenizer,
+        [d.tokens for d in docs],
+        [d.tags for d in docs] if labelled else None,
+        label2id=label2id if labelled else None,
+        max_length=info["max_length"],
+        stride=info["stride"],
         scheme=info["scheme"],
     )
 
@@ -296,19 +322,31 @@ def load_ner_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, se
     docs = [d for d in read_ner(spec.train, scheme) if d.tags is not None and d.tokens]
     if not docs:
         raise DataError(f"{spec.train}: no labelled sentences")
-    order = _shuffled_head(len(docs), None, seed)
+    order = shuffled_head(len(docs), None, seed)
     n_valid = 0 if spec.valid else max(1, int(round(0.1 * len(docs))))
     train_idx = order[n_valid:][: spec.max_train_samples or None]
     train_docs = [docs[i] for i in train_idx]
     valid_docs = [docs[i] for i in order[:n_valid]]
     if spec.valid:
         vd = [d for d in read_ner(spec.valid, scheme) if d.tokens]
-        valid_docs = [vd[i] for i in _shuffled_head(len(vd), spec.max_eval_samples, seed)]
+        valid_docs = [vd[i] for i in shuffled_head(len(vd), spec.max_eval_samples, seed)]
     labels = label_list([d.tags for d in docs], scheme)
-    info = {"kind": "ner", "label_names": labels, "scheme": scheme, "max_length": max_length,
-            "stride": min(128, max(0, (max_length - 2) // 4))}
-    head = _merge_head_options({"head_type": spec.head or "token_classification", "num_labels": len(labels),
-                                "label_names": labels, "pooling_type": "none"}, spec)
+    info = {
+        "kind": "ner",
+        "label_names": labels,
+        "scheme": scheme,
+        "max_length": max_length,
+        "stride": min(128, max(0, (max_length - 2) // 4)),
+    }
+    head = _merge_head_options(
+        {
+            "head_type": spec.head or "token_classification",
+            "num_labels": len(labels),
+            "label_names": labels,
+            "pooling_type": "none",
+        },
+        spec,
+    )
     data = TaskData(name, "ner", head, info, weight=spec.weight)
     data.train = RowsDataset(ner_windows(train_docs, tokenizer, info, True), True)
     for split, split_docs in (("valid", valid_docs), ("test", None)):
@@ -316,7 +354,7 @@ def load_ner_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, se
             if not spec.test:
                 continue
             td = [d for d in read_ner(spec.test, scheme) if d.tokens]
-            split_docs = [td[i] for i in np.sort(_shuffled_head(len(td), spec.max_eval_samples, seed))]
+            split_docs = [td[i] for i in np.sort(shuffled_head(len(td), spec.max_eval_samples, seed))]
         labelled = all(d.tags is not None for d in split_docs)
         windows = ner_windows(split_docs, tokenizer, info, labelled)
         setattr(data, split, RowsDataset(windows, labelled))
@@ -324,7 +362,9 @@ def load_ner_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, se
     return data
 
 
-def load_task(name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str, seed: int) -> TaskData:
+def load_task(
+    name: str, spec: TaskSpec, tokenizer: Any, max_length: int, truncation: str, seed: int
+) -> TaskData:
     """Load one task of a multi-task config (tables, NER files or type strings)."""
     if spec.train is None:
         raise DataError(f"task '{name}' has no train file")
@@ -343,13 +383,21 @@ class TaskView(nn.Module):
         super().__init__()
         self.model = model
         self.task = task
+        self.train(model.training)  # predict_outputs restores this mode afterwards
 
     def forward(self, **batch: Any) -> dict[str, Any]:
         return self.model(task_name=self.task, **batch)
 
 
-def run_outputs(model: nn.Module, task: str, dataset: Any, collator: Any, batch_size: int,
-                device: Any = "cpu", autocast: Any = None) -> dict[str, np.ndarray]:
+def run_outputs(
+    model: nn.Module,
+    task: str,
+    dataset: Any,
+    collator: Any,
+    batch_size: int,
+    device: Any = "cpu",
+    autocast: Any = None,
+) -> dict[str, np.ndarray]:
     """Outputs of one task over a dataset, in dataset order (+ mean ``loss`` when labelled)."""
     return predict_outputs(TaskView(model, task), dataset, collator, batch_size, device, autocast)
 
@@ -358,8 +406,13 @@ def ner_word_tags(outputs: dict[str, np.ndarray], docs: list[Any], windows: list
     """Word-level tags per document from window predictions."""
     from bertkit.tasks.ner import merge_window_predictions
 
-    return merge_window_predictions(windows, outputs["predictions"], [len(d.tokens) for d in docs],
-                                    info["label_names"], scheme=info["scheme"])
+    return merge_window_predictions(
+        windows,
+        outputs["predictions"],
+        [len(d.tokens) for d in docs],
+        info["label_names"],
+        scheme=info["scheme"],
+    )
 
 
 def task_metrics(model: Any, data: TaskData, split: str, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -394,8 +447,14 @@ def primary_metric(model: Any, data: TaskData) -> tuple[str, str]:
     return model.get_head(data.name).primary_metric()
 
 
-def predict_texts(model: Any, texts: list[str], task: str, return_probabilities: bool = False,
-                  batch_size: int = 64, max_length: int | None = None) -> list[Any]:
+def predict_texts(
+    model: Any,
+    texts: list[str],
+    task: str,
+    return_probabilities: bool = False,
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> list[Any]:
     """Decoded predictions of ``task`` for raw strings (token tasks: whitespace-split words → tags).
 
     Dimension tasks give the composed type string (``"INTJ"``); with ``return_probabilities`` every item is
@@ -410,21 +469,33 @@ def predict_texts(model: Any, texts: list[str], task: str, return_probabilities:
         from bertkit.tasks.ner import NerDocument
 
         docs = [NerDocument(t.split(), None, t, []) for t in texts]
-        ner_info = {"label_names": head.label_names(), "scheme": info.get("scheme", "BIO"),
-                    "max_length": max_length, "stride": info.get("stride", 32)}
+        ner_info = {
+            "label_names": head.label_names(),
+            "scheme": info.get("scheme", "BIO"),
+            "max_length": max_length,
+            "stride": info.get("stride", 32),
+        }
         windows = ner_windows(docs, tok, ner_info, labelled=False)
-        out = run_outputs(model, task, RowsDataset(windows, False), TokenCollator(tok.pad_token_id or 0),
-                          batch_size, device)
+        out = run_outputs(
+            model, task, RowsDataset(windows, False), TokenCollator(tok.pad_token_id or 0), batch_size, device
+        )
         return ner_word_tags(out, docs, windows, ner_info)
     if info.get("mask_type_names"):
         texts = mask_type_names(list(texts), info["dimensions"], info.get("mask_token", "[MASK]"))
-    feats = tokenize_texts(tok, list(texts), None, max_length=max_length, truncation=info.get("truncation", "head"))
+    feats = tokenize_texts(
+        tok, list(texts), None, max_length=max_length, truncation=info.get("truncation", "head")
+    )
     out = run_outputs(model, task, TokenizedDataset(feats), collator_for("table", tok), batch_size, device)
     dims = head.config.extra.get("dimensions")
     if dims:
         preds: list[Any] = compose_types(out["predictions"], dims)
-        probs = [{**{a: float(1 - p[j]) for j, (a, _) in enumerate(dims)},
-                  **{b: float(p[j]) for j, (_, b) in enumerate(dims)}} for p in out["probabilities"]]
+        probs = [
+            {
+                **{a: float(1 - p[j]) for j, (a, _) in enumerate(dims)},
+                **{b: float(p[j]) for j, (_, b) in enumerate(dims)},
+            }
+            for p in out["probabilities"]
+        ]
     else:
         preds = list(head.format_predictions(out).get("prediction", out.get("predictions", [])))
         names = head.label_names()

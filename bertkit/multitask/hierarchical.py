@@ -45,7 +45,9 @@ class CrossLevelAttention(nn.Module):
     def forward(self, shared: torch.Tensor, level1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, T, H]``, ``[B, T, H]``, mask ``[B, T]`` → ``[B, T, H]`` (padded positions zeroed)."""
         kv = self.norm_kv(level1)
-        attended, _ = self.attention(self.norm_q(shared), kv, kv, key_padding_mask=mask == 0, need_weights=False)
+        attended, _ = self.attention(
+            self.norm_q(shared), kv, kv, key_padding_mask=mask == 0, need_weights=False
+        )
         return (shared + attended) * mask.unsqueeze(-1).to(shared.dtype)
 
 

@@ -110,7 +110,12 @@ def _model_class(config: BertConfig) -> Any:
 def best_attn_implementation(config: BertConfig, half_precision: bool) -> str:
     """``flash_attention_2`` where usable, else ``sdpa`` where supported, else ``eager``."""
     cls = _model_class(config)
-    if cuda_available() and half_precision and cls is not None and getattr(cls, "_supports_flash_attn", False):
+    if (
+        cuda_available()
+        and half_precision
+        and cls is not None
+        and getattr(cls, "_supports_flash_attn", False)
+    ):
         from transformers.utils import is_flash_attn_2_available
 
         if is_flash_attn_2_available():
@@ -146,7 +151,9 @@ def plan_loading(
     if quantization == "4bit":
         if not (cuda_available() and bitsandbytes_available()):
             missing = "no CUDA device" if not cuda_available() else "bitsandbytes is not installed"
-            raise ConfigError(f"{QLORA_REQUIREMENT}; here: {missing}. Use model.quantization: none on this machine")
+            raise ConfigError(
+                f"{QLORA_REQUIREMENT}; here: {missing}. Use model.quantization: none on this machine"
+            )
         quantize = True
         reasons.append("4-bit asked for")
     elif quantization == "auto":
@@ -175,7 +182,9 @@ def _quantized_core_class() -> type[BertCore]:
     from transformers import BitsAndBytesConfig
 
     qconfig = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
 
@@ -183,23 +192,34 @@ def _quantized_core_class() -> type[BertCore]:
         @staticmethod
         def _load(fn: Any, *args: Any, attn: str, **kwargs: Any) -> torch.nn.Module:
             if getattr(fn, "__name__", "") != "from_pretrained":
-                raise ConfigError("4-bit quantization needs a pretrained backbone (not a from-scratch encoder)")
-            return BertCore._load(fn, *args, attn=attn, quantization_config=qconfig, dtype=torch.bfloat16,
-                                  device_map={"": 0}, **kwargs)
+                raise ConfigError(
+                    "4-bit quantization needs a pretrained backbone (not a from-scratch encoder)"
+                )
+            return BertCore._load(
+                fn,
+                *args,
+                attn=attn,
+                quantization_config=qconfig,
+                dtype=torch.bfloat16,
+                device_map={"": 0},
+                **kwargs,
+            )
 
     return QuantizedBertCore
 
 
 def load_encoder(config: BertConfig, plan: LoadPlan) -> BertCore:
     """Build the encoder following a :class:`LoadPlan` (QLoRA prep included when quantized)."""
-    cfg = BertConfig.from_dict({**config.to_dict(), "attn_implementation": plan.attn_implementation,
-                                "gradient_checkpointing": False})
+    cfg = BertConfig.from_dict(
+        {**config.to_dict(), "attn_implementation": plan.attn_implementation, "gradient_checkpointing": False}
+    )
     if plan.quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
         core = _quantized_core_class()(cfg)
         core.model = prepare_model_for_kbit_training(
-            core.model, use_gradient_checkpointing=plan.gradient_checkpointing,
+            core.model,
+            use_gradient_checkpointing=plan.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
         return core
@@ -246,4 +266,6 @@ def find_batch_size(trial: Callable[[int], Any], start: int = 256, minimum: int 
             if cuda_available():
                 torch.cuda.empty_cache()
             size //= 2
-    raise ConfigError(f"even batch size {minimum} runs out of memory; shorten max_length or use a smaller model")
+    raise ConfigError(
+        f"even batch size {minimum} runs out of memory; shorten max_length or use a smaller model"
+    )

@@ -29,7 +29,11 @@ from bertkit.heads.nlp_head import NLPTaskConfig, nlp_head_config
 from bertkit.multitask.adapters import AdapterStrategy
 from bertkit.multitask.config import AdapterConfig
 
-_HEAD_ALIASES = {"ner": "token_classification", "token": "token_classification", "tagging": "token_classification"}
+_HEAD_ALIASES = {
+    "ner": "token_classification",
+    "token": "token_classification",
+    "tagging": "token_classification",
+}
 _NLP_FIELDS = ("task_type", "num_classes", "dropout_rate", "use_crf", "label_names")
 
 
@@ -131,7 +135,9 @@ class MultiTaskHead(nn.Module):
             dim = int(input_dim[name] if isinstance(input_dim, dict) else input_dim)
             head = create_head(head_config_for(name, spec, dim))
             if head.level == "bi_encoder":
-                raise ConfigError(f"task '{name}': bi-encoder heads cannot share one encoder pass; use a pair head")
+                raise ConfigError(
+                    f"task '{name}': bi-encoder heads cannot share one encoder pass; use a pair head"
+                )
             proj = TaskProjection(dim, projection_dropout) if self.use_task_specific_projections else None
             self.branches[name] = TaskBranch(head, proj)
 
@@ -150,7 +156,10 @@ class MultiTaskHead(nn.Module):
         return self.branches[task_name]  # type: ignore[return-value]
 
     def forward(
-        self, hidden_states: Any, attention_mask: torch.Tensor | None = None, task_name: str | None = None,
+        self,
+        hidden_states: Any,
+        attention_mask: torch.Tensor | None = None,
+        task_name: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """One task's outputs, or ``{task: outputs}`` for every task.
@@ -233,6 +242,18 @@ class MultiTaskModel(nn.Module):
         """The shared encoder."""
         return self.bert
 
+    def to_device(self, device: torch.device | str) -> MultiTaskModel:
+        """Move the model; a 4-bit base stays where bitsandbytes put it (only the rest moves)."""
+        if not (self.metadata.get("load_plan") or {}).get("quantize_4bit"):
+            return self.to(device)
+        for name, child in self.bert.named_children():
+            if name not in ("model", "_layers"):
+                child.to(device)
+        self.head.to(device)
+        if self.strategy is not None:
+            self.strategy.to(device)
+        return self
+
     def set_stage(self, stage: int) -> None:
         """S4 stage switch (no-op for other strategies)."""
         if self.strategy is not None:
@@ -314,15 +335,23 @@ class MultiTaskModel(nn.Module):
         return save_multitask_model(self, folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str], load_tokenizer_files: bool = True) -> MultiTaskModel:
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], load_tokenizer_files: bool = True
+    ) -> MultiTaskModel:
         """Load a folder written by :meth:`save_pretrained` (or a run folder holding ``model/``)."""
         from bertkit.multitask.saving import load_multitask_model
 
         return load_multitask_model(folder, load_tokenizer_files=load_tokenizer_files)
 
     # -------------------------------------------------------------- inference
-    def predict(self, texts: list[str], task_name: str, return_probabilities: bool = False,
-                batch_size: int = 64, max_length: int | None = None) -> list[Any]:
+    def predict(
+        self,
+        texts: list[str],
+        task_name: str,
+        return_probabilities: bool = False,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> list[Any]:
         """Decoded predictions of one task for raw strings (see :func:`bertkit.multitask.data.predict_texts`)."""
         from bertkit.multitask.data import predict_texts
 
@@ -388,7 +417,9 @@ def create_multi_task_model(
     cfg = _bert_config(bert_name, bert_config, {})
     plan = plan_loading(cfg, quantization, gradient_checkpointing, attn_implementation)
     if plan.quantize_4bit and not adapter_cfg.uses_lora:
-        raise ConfigError("a 4-bit quantized base can only train adapters; choose an adapter strategy (s1-s4)")
+        raise ConfigError(
+            "a 4-bit quantized base can only train adapters; choose an adapter strategy (s1-s4)"
+        )
     bert = load_encoder(cfg, plan)
     model = assemble(bert, task_configs, adapter_cfg, use_task_specific_projections, attach=True)
     model.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(bert.config.model_name_or_path)
@@ -407,12 +438,17 @@ def task_levels(task_configs: dict[str, Any], adapter_cfg: AdapterConfig, hidden
         levels[name] = 1 if level == "token" else 2
     unknown = set(adapter_cfg.levels) - set(task_configs)
     if unknown:
-        raise ConfigError(f"adapters.levels names unknown task(s) {sorted(unknown)}; tasks: {list(task_configs)}")
+        raise ConfigError(
+            f"adapters.levels names unknown task(s) {sorted(unknown)}; tasks: {list(task_configs)}"
+        )
     return levels
 
 
 def assemble(
-    bert: BertCore, task_configs: dict[str, Any], adapter_cfg: AdapterConfig, use_task_specific_projections: bool,
+    bert: BertCore,
+    task_configs: dict[str, Any],
+    adapter_cfg: AdapterConfig,
+    use_task_specific_projections: bool,
     attach: bool = True,
 ) -> MultiTaskModel:
     """Strategy (PEFT adapters attached when ``attach``) + heads sized to each task's features."""

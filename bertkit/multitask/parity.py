@@ -78,7 +78,9 @@ def _adapter_rank_cost(model: Any, field_name: str) -> tuple[int, int]:
     """(parameters of the adapters a rank field controls, that rank) in a built model."""
     strategy = model.strategy
     rank = int(getattr(strategy.config, field_name))
-    names = {"shared"} if field_name == "shared_rank" else {a for a in strategy.adapter_ranks() if a != "shared"}
+    names = (
+        {"shared"} if field_name == "shared_rank" else {a for a in strategy.adapter_ranks() if a != "shared"}
+    )
     params = sum(p.numel() for p, adapter in strategy._lora_params if adapter in names)
     return params, rank
 
@@ -101,7 +103,9 @@ def build_ablation_models(
         variants: which ablations to build (A4 is always built as the reference).
         adapter_overrides: adapter settings applied to every variant (target modules, alpha ratio...).
         build: model factory (default :func:`create_multi_task_model`).
-        **model_kwargs: further factory arguments (``bert_config``, ``use_task_specific_projections``...).
+        **model_kwargs: further factory arguments (``bert_config``, ``tokenizer``...).
+            ``use_task_specific_projections`` defaults to False here: an ``H → H`` projection per task
+            (``2H → 2H`` behind concat fusion) would outweigh the adapters being compared.
 
     Returns:
         (variant → model, variant → adapter settings used).
@@ -110,6 +114,7 @@ def build_ablation_models(
 
     build = build or create_multi_task_model
     common = dict(adapter_overrides or {})
+    model_kwargs.setdefault("use_task_specific_projections", False)
 
     def make(settings: dict[str, Any]) -> Any:
         return build(task_configs, bert_name=bert_name, adapters={**common, **settings}, **model_kwargs)
@@ -129,7 +134,12 @@ def build_ablation_models(
         cost, rank = _adapter_rank_cost(model, field_name)
         per_rank = cost / rank
         fixed = count_trainable_parameters(model) - cost
-        new_rank = max(1, int(round((target - fixed) / per_rank)))
+        new_rank = int(round((target - fixed) / per_rank))
+        if new_rank < 1:
+            raise ParityError(
+                f"{name} cannot match A4's budget ({target:,}) by its {field_name}: its other trainable "
+                f"parameters alone are {fixed:,}"
+            )
         if new_rank != rank:
             settings[field_name] = new_rank
             model = make(settings)

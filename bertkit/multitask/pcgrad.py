@@ -88,7 +88,9 @@ class PCGradAccumulator:
         generator: random source of the projection orders.
     """
 
-    def __init__(self, shared_params: Sequence[nn.Parameter], generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, shared_params: Sequence[nn.Parameter], generator: torch.Generator | None = None
+    ) -> None:
         self.params = [p for p in shared_params if p.requires_grad]
         self.generator = generator
         self.grads: list[torch.Tensor] = []
@@ -97,7 +99,9 @@ class PCGradAccumulator:
         """Store the shared gradient of the task just back-propagated and reset it to None."""
         parts = []
         for p in self.params:
-            parts.append(torch.zeros(p.numel(), device=p.device) if p.grad is None else p.grad.reshape(-1).float())
+            parts.append(
+                torch.zeros(p.numel(), device=p.device) if p.grad is None else p.grad.reshape(-1).float()
+            )
             p.grad = None
         self.grads.append(torch.cat(parts) if parts else torch.zeros(0))
 

@@ -21,7 +21,9 @@ from bertkit.errors import ConfigError
 from bertkit.multitask.config import SAMPLINGS
 
 
-def sampling_probabilities(sizes: dict[str, int], strategy: str, temperature: float = 1.0) -> dict[str, float]:
+def sampling_probabilities(
+    sizes: dict[str, int], strategy: str, temperature: float = 1.0
+) -> dict[str, float]:
     """The probability of drawing each task.
 
     Args:
@@ -50,8 +52,9 @@ class TaskSampler:
         seed: random seed.
     """
 
-    def __init__(self, sizes: dict[str, int], strategy: str = "temperature", temperature: float = 2.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, sizes: dict[str, int], strategy: str = "temperature", temperature: float = 2.0, seed: int = 0
+    ) -> None:
         self.tasks = list(sizes)
         self.strategy = check_choice("sampling", strategy, SAMPLINGS)
         self.probabilities = sampling_probabilities(sizes, self.strategy, temperature)
@@ -81,11 +84,14 @@ class BatchStream:
         bucket_multiplier: bucket size in batches (1: plain random batches).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucket_multiplier: int = 50) -> None:
+    def __init__(
+        self, lengths: list[int], batch_size: int, seed: int = 0, bucket_multiplier: int = 50
+    ) -> None:
         if not lengths:
             raise ConfigError("a task has no training examples")
-        self.sampler = LengthBucketBatchSampler(lengths, batch_size, seed=seed, shuffle=True,
-                                                bucket_multiplier=bucket_multiplier)
+        self.sampler = LengthBucketBatchSampler(
+            lengths, batch_size, seed=seed, shuffle=True, bucket_multiplier=bucket_multiplier
+        )
         self.epoch = 0
         self._batches: list[list[int]] = []
         self._pos = 0

@@ -32,11 +32,26 @@ from bertkit.config import BertConfig
 from bertkit.encoder import BertCore
 from bertkit.errors import ModelFolderError
 from bertkit.fileio import write_json_atomic
-from bertkit.persistence import FORMAT_VERSION, METADATA_FILE, check_model_folder, load_safetensors_into, read_json
+from bertkit.persistence import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    check_model_folder,
+    load_safetensors_into,
+    read_json,
+)
 
 CONFIG_FILE = "multitask_config.json"
-_CORE_KEYS = {"format_version", "bertkit_version", "runner", "model_kind", "tasks", "backbone", "model_type",
-              "base_weights", "base_fingerprint"}
+_CORE_KEYS = {
+    "format_version",
+    "bertkit_version",
+    "runner",
+    "model_kind",
+    "tasks",
+    "backbone",
+    "model_type",
+    "base_weights",
+    "base_fingerprint",
+}
 
 
 def base_state_dict(bert: BertCore) -> dict[str, torch.Tensor]:
@@ -89,27 +104,40 @@ def save_multitask_model(model: Any, folder: str | os.PathLike[str]) -> Path:
         for task in model.task_names:
             (tmp / "heads" / task).mkdir(parents=True)
             write_json_atomic(tmp / "heads" / task / "config.json", model.get_head(task).config.to_dict())
-            save_model(model.head.branches[task], str(tmp / "heads" / task / "model.safetensors"),
-                       metadata={"format": "pt"})
+            save_model(
+                model.head.branches[task],
+                str(tmp / "heads" / task / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
         levels = {}
         if model.strategy is not None and model.strategy.hierarchy is not None:
             levels = dict(model.strategy.hierarchy.levels)
-        write_json_atomic(tmp / CONFIG_FILE, {
-            "tasks": model.task_names,
-            "use_task_specific_projections": model.head.use_task_specific_projections,
-            "adapters": {**model.adapter_config.to_dict(), **({"levels": levels} if levels else {})},
-            "strategy_state": model.strategy.extra_state_dict() if model.strategy is not None else {},
-        })
+        write_json_atomic(
+            tmp / CONFIG_FILE,
+            {
+                "tasks": model.task_names,
+                "use_task_specific_projections": model.head.use_task_specific_projections,
+                "adapters": {**model.adapter_config.to_dict(), **({"levels": levels} if levels else {})},
+                "strategy_state": model.strategy.extra_state_dict() if model.strategy is not None else {},
+            },
+        )
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(tmp))
         meta = {
-            "format_version": FORMAT_VERSION, "bertkit_version": __version__, "runner": "multitask",
-            "model_kind": "multitask", "backbone": bert.config.model_name_or_path, "model_type": bert.model_type,
-            "base_weights": "saved" if saved else "reference", "base_fingerprint": fingerprint(base),
+            "format_version": FORMAT_VERSION,
+            "bertkit_version": __version__,
+            "runner": "multitask",
+            "model_kind": "multitask",
+            "backbone": bert.config.model_name_or_path,
+            "model_type": bert.model_type,
+            "base_weights": "saved" if saved else "reference",
+            "base_fingerprint": fingerprint(base),
             **model.metadata,
         }
-        meta["tasks"] = {t: {**meta.get("tasks", {}).get(t, {}), "head_type": model.get_head(t).registry_name}
-                         for t in model.task_names}
+        meta["tasks"] = {
+            t: {**meta.get("tasks", {}).get(t, {}), "head_type": model.get_head(t).registry_name}
+            for t in model.task_names
+        }
         write_json_atomic(tmp / METADATA_FILE, meta)
         _swap_in(tmp, target)
     finally:

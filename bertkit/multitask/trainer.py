@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertkit.errors import ConfigError
 from bertkit.multitask.config import MultiTaskTrainingConfig
 from bertkit.multitask.data import TaskData, collator_for, primary_metric, run_outputs, task_metrics
 from bertkit.multitask.pcgrad import PCGradAccumulator
@@ -62,7 +63,9 @@ class MultiTaskTrainer:
         config: a :class:`~bertkit.multitask.config.MultiTaskTrainingConfig`.
     """
 
-    def __init__(self, model: Any, tasks: dict[str, TaskData], config: MultiTaskTrainingConfig | None = None) -> None:
+    def __init__(
+        self, model: Any, tasks: dict[str, TaskData], config: MultiTaskTrainingConfig | None = None
+    ) -> None:
         from accelerate import Accelerator
 
         self.config = cfg = config or MultiTaskTrainingConfig()
@@ -78,7 +81,7 @@ class MultiTaskTrainer:
         self.tasks = {t: d for t, d in tasks.items() if t in model.task_names}
         missing = [t for t in model.task_names if t not in self.tasks or self.tasks[t].train is None]
         if missing:
-            raise ValueError(f"no training data for task(s) {missing}")
+            raise ConfigError(f"no training data for task(s) {missing}")
         self.collators = {t: collator_for(d.kind, model.tokenizer) for t, d in self.tasks.items()}
         self.weighting = make_weighting(cfg.loss_weighting, {t: d.weight for t, d in self.tasks.items()})
 
@@ -91,12 +94,16 @@ class MultiTaskTrainer:
 
     def _optimizer(self, total_steps: int) -> tuple[Any, WarmupSchedule]:
         cfg = self.config
-        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]}
-                  for g in build_param_groups(self.model, cfg)]
+        groups = [
+            {**g, "params": [p for p in g["params"] if p.requires_grad]}
+            for g in build_param_groups(self.model, cfg)
+        ]
         groups = [g for g in groups if g["params"]]
         extra = [p for p in self.weighting.parameters() if p.requires_grad]
         if extra:
-            groups.append({"params": extra, "lr": cfg.head_learning_rate or cfg.learning_rate, "weight_decay": 0.0})
+            groups.append(
+                {"params": extra, "lr": cfg.head_learning_rate or cfg.learning_rate, "weight_decay": 0.0}
+            )
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
         scheduler = WarmupSchedule(optimizer, total_steps, warmup_steps_for(cfg, total_steps), cfg.scheduler)
         return self.accelerator.prepare(optimizer), scheduler
@@ -109,6 +116,26 @@ class MultiTaskTrainer:
                 out[key] = value.detach().cpu().clone()
         return out
 
+    def find_batch_size(self) -> int:
+        """Largest batch size (``batch_size``, halved on out-of-memory) that trains every task's longest rows."""
+        from bertkit.multitask.loader import find_batch_size
+
+        model, acc = self.model, self.accelerator
+
+        def trial(size: int) -> None:
+            for task, data in self.tasks.items():
+                longest = sorted(range(len(data.train)), key=lambda i: -data.train.lengths[i])[:size]
+                rows = [data.train[longest[i % len(longest)]] for i in range(size)]
+                batch = {
+                    k: v.to(acc.device) if isinstance(v, torch.Tensor) else v
+                    for k, v in self.collators[task](rows).items()
+                }
+                with acc.autocast():
+                    model(**batch, task_name=task)["loss"].backward()
+                model.zero_grad(set_to_none=True)
+
+        return find_batch_size(trial, start=self.config.batch_size)
+
     # ------------------------------------------------------------- evaluation
     def evaluate(self, split: str = "valid") -> dict[str, dict[str, float]]:
         """Every task's metrics on ``split`` (``valid`` or ``test``; tasks without that split are skipped)."""
@@ -117,8 +144,15 @@ class MultiTaskTrainer:
             ds = getattr(data, split)
             if ds is None or not len(ds) or ds.targets is None:
                 continue
-            outputs = run_outputs(self.model, task, ds, self.collators[task], self.config.eval_batch_size,
-                                  self.accelerator.device, self.accelerator.autocast)
+            outputs = run_outputs(
+                self.model,
+                task,
+                ds,
+                self.collators[task],
+                self.config.eval_batch_size,
+                self.accelerator.device,
+                self.accelerator.autocast,
+            )
             out[task] = task_metrics(self.model, data, split, outputs)
         return out
 
@@ -141,17 +175,27 @@ class MultiTaskTrainer:
 
         cfg, acc, model = self.config, self.accelerator, self.model
         set_seed(cfg.seed)
+        model.to_device(acc.device)
+        if cfg.auto_batch_size:
+            model.train()
+            cfg.batch_size = self.find_batch_size()
+            logger.info("automatic batch size: %d", cfg.batch_size)
         sizes = {t: len(d.train) for t, d in self.tasks.items()}
-        streams = {t: BatchStream(list(d.train.lengths), cfg.batch_size, cfg.seed + i,
-                                  cfg.bucket_multiplier if cfg.length_bucketing else 1)
-                   for i, (t, d) in enumerate(self.tasks.items())}
+        streams = {
+            t: BatchStream(
+                list(d.train.lengths),
+                cfg.batch_size,
+                cfg.seed + i,
+                cfg.bucket_multiplier if cfg.length_bucketing else 1,
+            )
+            for i, (t, d) in enumerate(self.tasks.items())
+        }
         sampler = TaskSampler(sizes, cfg.sampling, cfg.temperature, cfg.seed)
         total = cfg.steps or max(1, math.ceil(cfg.epochs * sum(len(s) for s in streams.values())))
         strategy = getattr(model, "strategy", None)
         sequential = strategy is not None and strategy.config.strategy == "s4"
         stage1_steps = int(round(strategy.config.stage1_fraction * total)) if sequential else 0
         model.set_stage(1)
-        model.to(acc.device)
         self.weighting.to(acc.device)
         model.train()
         optimizer, scheduler = self._optimizer(stage1_steps or total)
@@ -168,7 +212,9 @@ class MultiTaskTrainer:
         progress = self._progress(total)
         for step in range(1, total + 1):
             tic = time.perf_counter()
-            if sequential and step == stage1_steps + 1:  # S4: freeze the shared adapter, train the private ones
+            if (
+                sequential and step == stage1_steps + 1
+            ):  # S4: freeze the shared adapter, train the private ones
                 model.set_stage(2)
                 optimizer, scheduler = self._optimizer(total - stage1_steps)
                 shared_params = model.task_parameters()[0] if pcgrad else []
@@ -203,9 +249,18 @@ class MultiTaskTrainer:
             if has_valid and (step % eval_every == 0 or step == total):
                 metrics = self.evaluate("valid")
                 score = self.score(metrics)
-                history.append({"step": step, "val_score": score, **{
-                    f"val_{t}_{primary_metric(model, self.tasks[t])[0]}": m.get(primary_metric(model, self.tasks[t])[0])
-                    for t, m in metrics.items()}})
+                history.append(
+                    {
+                        "step": step,
+                        "val_score": score,
+                        **{
+                            f"val_{t}_{primary_metric(model, self.tasks[t])[0]}": m.get(
+                                primary_metric(model, self.tasks[t])[0]
+                            )
+                            for t, m in metrics.items()
+                        },
+                    }
+                )
                 if score is not None and (best["score"] is None or score > best["score"]):
                     best.update(score=score, step=step, weights=self._snapshot(), metrics=metrics, bad=0)
                 else:
@@ -220,14 +275,25 @@ class MultiTaskTrainer:
             model.load_state_dict(best["weights"], strict=False)
         model.eval()
         return MultiTaskResult(
-            best_score=best["score"], best_step=best["step"], val_metrics=best["metrics"],
-            history=pd.DataFrame(history), train_seconds=seconds, global_step=last_step, task_steps=task_steps,
-            loss_weights=self.weighting.weights(), sampling_probabilities=sampler.probabilities,
+            best_score=best["score"],
+            best_step=best["step"],
+            val_metrics=best["metrics"],
+            history=pd.DataFrame(history),
+            train_seconds=seconds,
+            global_step=last_step,
+            task_steps=task_steps,
+            loss_weights=self.weighting.weights(),
+            sampling_probabilities=sampler.probabilities,
             pcgrad_conflicts=conflicts,
         )
 
     def _progress(self, total: int) -> Any:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, disable=not (self.config.progress and self.accelerator.is_main_process),
-                    desc="multitask", unit="step", dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            disable=not (self.config.progress and self.accelerator.is_main_process),
+            desc="multitask",
+            unit="step",
+            dynamic_ncols=True,
+        )

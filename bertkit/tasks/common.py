@@ -277,10 +277,13 @@ class TaskPipeline:
 
 
 def first_json_record(path: Path) -> Any:
-    """The first JSON value of a JSONL file (None when the first non-empty line is not JSON)."""
+    """The first JSON value of a JSONL file (None when the first non-empty line is not JSON or over 1 MB)."""
     try:
         with path.open(encoding="utf-8") as fh:
-            for line in fh:
+            for _ in range(1000):
+                line = fh.readline(1 << 20)
+                if not line:
+                    return None
                 if line.strip():
                     return json.loads(line)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

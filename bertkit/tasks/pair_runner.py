@@ -96,6 +96,11 @@ def build_pair_model(profile: PairProfile, cfg: RunConfig, tokenizer: Any) -> Be
         opts["loss_type"] = profile.recommended_loss
     names = None
     if head == "text_similarity" and opts.get("loss_type") == "softmax":
+        if profile.label_kind == "score":
+            raise ConfigError(
+                f"loss_type='softmax' classifies pairs but '{profile.label_column}' holds continuous scores; "
+                "use cosent, cosine_mse or contrastive"
+            )
         names = profile.label_names or ["0", "1"]
     bert_config = dict(cfg.model.bert_options)
     meta = {

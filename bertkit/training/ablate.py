@@ -72,7 +72,8 @@ def switch_overrides(name: str) -> tuple[str | None, dict[str, Any], str]:
         return None, {"training": {"reinit_layers": n}}, f"re-initialise the top {n} layers"
     if name not in SWITCHES:
         raise ConfigError(
-            f"unknown ablation switch '{name}'; choose from: {', '.join([*SWITCHES, 'reinitN', 'preset:NAME'])}"
+            f"unknown ablation switch '{name}'; choose from: "
+            f"{', '.join([*SWITCHES, 'reinitN', 'preset:NAME'])}"
         )
     overrides, desc = SWITCHES[name]
     return None, overrides, desc

@@ -247,7 +247,7 @@ def blend_runs(
     arrays = [_run_arrays(p, prof) for p, prof in zip(paths, profiles)]
     y = arrays[0][1]
     for p, a in zip(paths, arrays):
-        if len(a[1]) != len(y) or not np.array_equal(a[1], y):
+        if len(a[1]) != len(y) or not np.array_equal(a[1], y, equal_nan=True):
             raise DataError(
                 f"{p} was run on other rows or labels than {paths[0]}; blend runs of the same data"
             )

@@ -137,9 +137,10 @@ def cross_validate(
         trainer = Trainer(model, fold_dir, fold_cfg.training)
         result = trainer.train(train_ds, valid_ds)
         finish_soup(trainer, valid_ds)
-        metrics, outputs = trainer.evaluate(valid_ds)
-        if fold_cfg.training.chunk_stride:
+        if fold_cfg.training.chunk_stride:  # sliding windows over long texts (chunks.py)
             metrics, outputs = chunked_evaluate(trainer, valid_df.iloc[rows], profile, fold_cfg, np.asarray(valid_ds.targets))
+        else:
+            metrics, outputs = trainer.evaluate(valid_ds)
         fold_metrics.append({"fold": fold, "rows": len(valid_ds), "train_seconds": round(result.train_seconds, 3),
                              "train_samples_per_second": round(result.train_samples_per_second, 3), **metrics})
         positions = np.flatnonzero(valid_mask)[rows]
@@ -149,9 +150,10 @@ def cross_validate(
             oof_outputs.setdefault(key, []).append(value)
         if test_df is not None:
             test_ds, test_rows, _ = make_dataset(test_df, profile, tokenizer, fold_cfg, require_labels=False)
-            test_out = trainer.predict(test_ds)
             if fold_cfg.training.chunk_stride:
                 test_out = chunked_evaluate(trainer, test_df.iloc[test_rows], profile, fold_cfg, None)[1]
+            else:
+                test_out = trainer.predict(test_ds)
             for key in ("probabilities", "predictions", "logits"):
                 if key in test_out and np.issubdtype(test_out[key].dtype, np.floating):
                     test_sum[key] = test_sum.get(key, 0) + test_out[key] / folds

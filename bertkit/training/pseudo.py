@@ -131,7 +131,7 @@ def pseudo_cross_validate(
     group_column: str | None = None,
     test_path: str | Path | pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Cross-validation with ``cfg.training.pseudo_rounds`` fold-safe pseudo-labelling rounds (see module doc)."""
+    """Cross-validation with ``cfg.training.pseudo_rounds`` fold-safe pseudo-labelling rounds (module doc)."""
     from bertkit.model import load_tokenizer
     from bertkit.training.run import profile_for
 

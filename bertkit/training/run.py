@@ -28,6 +28,7 @@ from bertkit.factory import create_bert_with_head
 from bertkit.fileio import write_json_atomic, write_text_atomic, write_with_atomic
 from bertkit.model import BertWithHead, load_tokenizer
 from bertkit.runconfig import RunConfig
+from bertkit.training.chunks import chunked_evaluate
 from bertkit.training.postprocess import apply_postprocess, fit_run_postprocess, prediction_metrics
 from bertkit.training.soup import finish_soup
 from bertkit.training.trainer import Trainer, TrainResult
@@ -191,9 +192,11 @@ def train_run(
     valid_ds = None
     if valid_df is not None and len(valid_df):
         valid_ds, _, _ = make_dataset(valid_df, profile, tokenizer, cfg)
-    write_text_atomic(out / "config.yaml", cfg.to_yaml())
-    write_json_atomic(out / "profile.json", profile.to_dict())
     trainer = Trainer(model, out, cfg.training)
+    main = trainer.is_main  # under DDP (accelerate launch / torchrun) only rank 0 writes files
+    if main:
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        write_json_atomic(out / "profile.json", profile.to_dict())
     result = trainer.train(train_ds, valid_ds, resume_from="auto" if resume else None)
     soup = finish_soup(trainer, valid_ds)
     post = fit_run_postprocess(out / "model", model, trainer, valid_ds) if cfg.training.postprocess else {}
@@ -218,8 +221,12 @@ def train_run(
         frame = frame_src if isinstance(frame_src, pd.DataFrame) else read_table(frame_src)
         has_labels = all(c in frame.columns for c in profile.label_columns)
         ds, rows, ids = make_dataset(frame, profile, tokenizer, cfg, require_labels=has_labels)
+        windows = cfg.training.chunk_stride > 0  # sliding-window inference over long texts (chunks.py)
         if has_labels:
-            split_metrics, outputs = trainer.evaluate(ds)
+            split_metrics, outputs = (
+                chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, np.asarray(ds.targets)) if windows
+                else trainer.evaluate(ds)
+            )
             if post:
                 outputs = apply_postprocess(post, outputs)
                 pp = prediction_metrics(model.head.task, outputs, np.asarray(ds.targets))
@@ -228,12 +235,15 @@ def train_run(
                 metrics["test"] = split_metrics
             report_data = {"y_true": ds.targets, **split_outputs_for_report(model, outputs)}
         else:
-            outputs = apply_postprocess(post, trainer.predict(ds))
+            raw_out = chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, None)[1] if windows else trainer.predict(ds)
+            outputs = apply_postprocess(post, raw_out)
         pred = prediction_frame(model, outputs, rows, len(frame), ids, profile.id_column,
                                 profile.label_columns[0] if len(profile.label_columns) == 1 else None)
-        write_with_atomic(out / f"{split}_predictions.csv", lambda p, f=pred: f.to_csv(p, index=False))
-    write_json_atomic(out / "metrics.json", metrics)
-    if write_report:
+        if main:
+            write_with_atomic(out / f"{split}_predictions.csv", lambda p, f=pred: f.to_csv(p, index=False))
+    if main:
+        write_json_atomic(out / "metrics.json", metrics)
+    if write_report and main:
         _write_report(out, model, metrics, cfg, result.history, report_data)
     return RunResult(out, metrics, profile, model, result)
 

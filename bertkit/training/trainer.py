@@ -77,6 +77,7 @@ class Trainer:
         tricks: list[Trick] | None = None,
     ) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = config or TrainingConfig()
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -92,6 +93,8 @@ class Trainer:
             mixed_precision=precision,
             cpu=cfg.device == "cpu",
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            # DDP only: frozen layers and unused poolers get no gradient; without this DDP stops at step 2
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         self.model = model
         tok = model.tokenizer
@@ -268,7 +271,8 @@ class Trainer:
                     if step % cfg.log_every == 0 or step == total_steps:
                         state["history"].append(
                             {"step": step, "epoch": epoch + b / batches_per_epoch,
-                             "train_loss": running_loss / max(running_n, 1), "lr": scheduler.get_last_lr()[-1]}
+                             "train_loss": self._mean_over_processes(running_loss / max(running_n, 1)),
+                             "lr": scheduler.get_last_lr()[-1]}
                         )
                         running_loss, running_n = 0.0, 0
                     end_of_epoch = b + 1 == len(epoch_batches)
@@ -320,6 +324,7 @@ class Trainer:
         if self.output_dir and self.is_main:
             raw.save_pretrained(self.output_dir / "model")
             self._write_history(state)
+        acc.wait_for_everyone()  # every process returns once the model folder is complete
         secs = max(state["train_seconds"], 1e-9)
         return TrainResult(
             best_metric=state["best_metric"], best_step=state["best_step"], metric_name=metric_name,
@@ -350,7 +355,19 @@ class Trainer:
             state["bad_evals"] += 1
         self._write_history(state)
         patience = self.config.early_stopping_patience
-        return metrics, bool(patience and state["bad_evals"] >= patience)
+        stop = bool(patience and state["bad_evals"] >= patience)
+        if self.accelerator.num_processes > 1:  # every process stops at the same step (rank 0 decides)
+            from accelerate.utils import broadcast_object_list
+
+            stop = bool(broadcast_object_list([stop])[0])
+        return metrics, stop
+
+    def _mean_over_processes(self, value: float) -> float:
+        """``value`` averaged over data-parallel processes (the global training loss under DDP)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="mean").item())
 
     def _restore_best(self, raw: BertWithHead, state: dict[str, Any]) -> None:
         from bertkit.persistence import load_safetensors_into
