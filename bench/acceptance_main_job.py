@@ -23,18 +23,48 @@ DATA = ROOT.parent / "shared" / "data"
 
 #: name → (train rows or None for all, test rows or None for all, epochs, extra CLI flags, HF reference)
 RUNS: dict[str, dict] = {
-    "sst2": {"n": 4000, "test_rows": None, "epochs": 1, "flags": [],
-             "hf": {"accuracy": 0.804, "train_samples_per_second": 30.0}},
-    "trec": {"n": None, "test_rows": None, "epochs": 1, "flags": [],
-             "hf": {"accuracy": 0.932, "macro_f1": 0.782}},
-    "emotion": {"n": 8000, "test_rows": 1000, "epochs": 1, "flags": [],
-                "hf": {"accuracy": 0.757, "macro_f1": 0.523}},
-    "commonlit": {"n": None, "test_rows": None, "epochs": 1, "flags": [],
-                  "hf": {"rmse": 0.723, "spearman": 0.772}},
-    "stsb": {"n": None, "test_rows": 1000, "epochs": 1, "flags": [],
-             "hf": {"spearman": 0.700, "rmse": 1.181}},
-    "semeval2018_ec": {"n": None, "test_rows": None, "epochs": 3, "flags": [],
-                       "hf": {"micro_f1": 0.485, "note": "HF at threshold 0.5 on all rows; top-5 baseline 0.487"}},
+    "sst2": {
+        "n": 4000,
+        "test_rows": None,
+        "epochs": 1,
+        "flags": [],
+        "hf": {"accuracy": 0.804, "train_samples_per_second": 30.0},
+    },
+    "trec": {
+        "n": None,
+        "test_rows": None,
+        "epochs": 1,
+        "flags": [],
+        "hf": {"accuracy": 0.932, "macro_f1": 0.782},
+    },
+    "emotion": {
+        "n": 8000,
+        "test_rows": 1000,
+        "epochs": 1,
+        "flags": [],
+        "hf": {"accuracy": 0.757, "macro_f1": 0.523},
+    },
+    "commonlit": {
+        "n": None,
+        "test_rows": None,
+        "epochs": 1,
+        "flags": [],
+        "hf": {"rmse": 0.723, "spearman": 0.772},
+    },
+    "stsb": {
+        "n": None,
+        "test_rows": 1000,
+        "epochs": 1,
+        "flags": [],
+        "hf": {"spearman": 0.700, "rmse": 1.181},
+    },
+    "semeval2018_ec": {
+        "n": None,
+        "test_rows": None,
+        "epochs": 3,
+        "flags": [],
+        "hf": {"micro_f1": 0.485, "note": "HF at threshold 0.5 on all rows; top-5 baseline 0.487"},
+    },
 }
 
 
@@ -46,22 +76,49 @@ def run_one(name: str, spec: dict, out_root: Path) -> dict:
         tmp = Path(tempfile.mkdtemp()) / "test.csv"
         pd.read_csv(test).iloc[: spec["test_rows"]].to_csv(tmp, index=False)
         test = tmp
-    cmd = [str(ROOT / ".venv" / "bin" / "bertkit"), "train", str(folder / "train.csv"), "--test", str(test),
-           "--backbone", "minilm", "--epochs", str(spec["epochs"]), "--max-length", "128", "--batch-size", "32",
-           "--lr", "5e-5", "--seed", "0", "--output", str(out_root / name), "--set", "training.progress=false"]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "bertkit"),
+        "train",
+        str(folder / "train.csv"),
+        "--test",
+        str(test),
+        "--backbone",
+        "minilm",
+        "--epochs",
+        str(spec["epochs"]),
+        "--max-length",
+        "128",
+        "--batch-size",
+        "32",
+        "--lr",
+        "5e-5",
+        "--seed",
+        "0",
+        "--output",
+        str(out_root / name),
+        "--set",
+        "training.progress=false",
+    ]
     if spec["n"]:
         cmd += ["--max-train-samples", str(spec["n"])]
     cmd += spec["flags"]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     metrics = json.loads((out_root / name / "metrics.json").read_text())
-    return {"command": " ".join(cmd), "test": metrics.get("test", {}), "valid": metrics.get("valid", {}),
-            "train_samples_per_second": metrics["train_samples_per_second"],
-            "train_seconds": metrics["train_seconds"], "hf": spec["hf"]}
+    return {
+        "command": " ".join(cmd),
+        "test": metrics.get("test", {}),
+        "valid": metrics.get("valid", {}),
+        "train_samples_per_second": metrics["train_samples_per_second"],
+        "train_seconds": metrics["train_seconds"],
+        "hf": spec["hf"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="", help="comma-separated dataset names")
     parser.add_argument("--out", default=str(ROOT / "runs" / "acceptance"), help="run folders")
     parser.add_argument("--record", default="", help="add an existing run folder: NAME=RUN_DIR (no training)")
@@ -73,9 +130,14 @@ def main() -> None:
         name, run_dir = args.record.split("=", 1)
         names = []
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-        recorded = {"command": f"(recorded from {run_dir})", "test": metrics.get("test", {}),
-                    "valid": metrics.get("valid", {}), "train_samples_per_second": metrics["train_samples_per_second"],
-                    "train_seconds": metrics["train_seconds"], "hf": RUNS[name]["hf"]}
+        recorded = {
+            "command": f"(recorded from {run_dir})",
+            "test": metrics.get("test", {}),
+            "valid": metrics.get("valid", {}),
+            "train_samples_per_second": metrics["train_samples_per_second"],
+            "train_seconds": metrics["train_seconds"],
+            "hf": RUNS[name]["hf"],
+        }
     res_file = ROOT / "bench" / "results" / "main_job.json"
     results = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if args.record:
@@ -90,8 +152,10 @@ def main() -> None:
     for name, res in results.items():
         for metric, ref in res["hf"].items():
             if isinstance(ref, float) and metric in res["test"]:
-                print(f"{name:<16}{metric:<12}{res['test'][metric]:>10.4f}{ref:>10.3f}"
-                      f"{res['train_samples_per_second']:>12.1f}")
+                print(
+                    f"{name:<16}{metric:<12}{res['test'][metric]:>10.4f}{ref:>10.3f}"
+                    f"{res['train_samples_per_second']:>12.1f}"
+                )
 
 
 if __name__ == "__main__":

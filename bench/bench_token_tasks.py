@@ -518,7 +518,7 @@ def print_table(results: dict[str, Any]) -> None:
             rows.append(
                 ("span", part, "  ".join(f"{k}={vals[k]:.4g}" for k in ("f1", "precision", "recall", *extra)))
             )
-    width = max((len(a) + len(b) for a, b, _ in rows), default=10) + 3
+    width = max((len(a) + len(b) for a, b, _ in rows), default=10) + 5
     print(f"{'task / system'.ljust(width)}metrics")
     for task, system, text in rows:
         print(f"{(task + ' / ' + system).ljust(width)}{text}")

@@ -46,8 +46,13 @@ def child_hf(n: int, seed: int, max_length: int, out: Path) -> dict:
     import numpy as np
     import pandas as pd
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from bertkit.data.minilm import minilm_path
 
@@ -65,24 +70,44 @@ def child_hf(n: int, seed: int, max_length: int, out: Path) -> dict:
             return len(self.labels)
 
         def __getitem__(self, i):
-            return {"input_ids": self.enc["input_ids"][i], "attention_mask": self.enc["attention_mask"][i],
-                    "token_type_ids": self.enc["token_type_ids"][i], "labels": self.labels[i]}
+            return {
+                "input_ids": self.enc["input_ids"][i],
+                "attention_mask": self.enc["attention_mask"][i],
+                "token_type_ids": self.enc["token_type_ids"][i],
+                "labels": self.labels[i],
+            }
 
     train_ds, test_ds = DS(train), DS(test)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    args = TrainingArguments(output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=32,
-                             per_device_eval_batch_size=32, learning_rate=5e-5,
-                             warmup_steps=round(0.1 * -(-n // 32)), weight_decay=0.01,
-                             seed=seed, save_strategy="no", report_to=[], logging_steps=50, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
+    args = TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=1,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=32,
+        learning_rate=5e-5,
+        warmup_steps=round(0.1 * -(-n // 32)),
+        weight_decay=0.01,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=50,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok)
+    )
     t0 = time.perf_counter()
     trainer.train()
     secs = time.perf_counter() - t0
     pred = trainer.predict(test_ds)
     acc = float((np.argmax(pred.predictions, -1) == np.asarray(test_ds.labels)).mean())
     tokens = sum(len(x) for x in train_ds.enc["input_ids"])
-    return {"train_seconds": secs, "samples_per_second": n / secs, "tokens_per_second": tokens / secs,
-            "accuracy": acc}
+    return {
+        "train_seconds": secs,
+        "samples_per_second": n / secs,
+        "tokens_per_second": tokens / secs,
+        "accuracy": acc,
+    }
 
 
 def child_bertkit(n: int, seed: int, max_length: int, out: Path, extra: list[str]) -> dict:
@@ -90,21 +115,50 @@ def child_bertkit(n: int, seed: int, max_length: int, out: Path, extra: list[str
     from bertkit.runconfig import build_run_config
     from bertkit.training.run import train_run
 
-    cfg = build_run_config("default", sets=extra, overrides={
-        "data": {"max_train_samples": n},
-        "training": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-5, "max_length": max_length, "seed": seed,
-                     "progress": False, "calibrate": False}})
+    cfg = build_run_config(
+        "default",
+        sets=extra,
+        overrides={
+            "data": {"max_train_samples": n},
+            "training": {
+                "epochs": 1,
+                "batch_size": 32,
+                "learning_rate": 5e-5,
+                "max_length": max_length,
+                "seed": seed,
+                "progress": False,
+                "calibrate": False,
+            },
+        },
+    )
     res = train_run(DATA / "train.csv", out, cfg, test_path=DATA / "test.csv", write_report=False)
     m = res.metrics
-    return {"train_seconds": m["train_seconds"], "samples_per_second": m["train_samples_per_second"],
-            "tokens_per_second": m["train_tokens_per_second"], "accuracy": m["test"]["accuracy"]}
+    return {
+        "train_seconds": m["train_seconds"],
+        "samples_per_second": m["train_samples_per_second"],
+        "tokens_per_second": m["train_tokens_per_second"],
+        "accuracy": m["test"]["accuracy"],
+    }
 
 
 def run_child(kind: str, n: int, seed: int, max_length: int, extra: list[str] | None = None) -> dict:
     """Run one configuration in a fresh process and add its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, __file__, "--child", kind, "--rows", str(n), "--seeds", str(seed),
-               "--max-length", str(max_length), "--child-out", tmp, *(["--set", *extra] if extra else [])]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--rows",
+            str(n),
+            "--seeds",
+            str(seed),
+            "--max-length",
+            str(max_length),
+            "--child-out",
+            tmp,
+            *(["--set", *extra] if extra else []),
+        ]
         env = dict(os.environ, LEADRUN="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
@@ -152,7 +206,9 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-length", type=int, default=128)
@@ -176,9 +232,16 @@ def main() -> None:
     import torch
 
     threads = torch.get_num_threads()
-    report: dict = {"machine": {"cpu": cpu_model(), "threads": threads, "torch": torch.__version__},
-                    "budget": {"rows": args.rows, "epochs": 1, "batch_size": 32, "lr": 5e-5,
-                               "max_length": args.max_length}}
+    report: dict = {
+        "machine": {"cpu": cpu_model(), "threads": threads, "torch": torch.__version__},
+        "budget": {
+            "rows": args.rows,
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 5e-5,
+            "max_length": args.max_length,
+        },
+    }
     peak = matmul_peak(threads)
     n_params = non_embedding_params()
     report["matmul_peak_gflops"] = peak
@@ -186,20 +249,30 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"hf": [], "bertkit": []}
     for seed in seeds:
         for kind in ("hf", "bertkit"):
-            if kind == "hf" and seed != seeds[0] and len(seeds) > 1 and os.environ.get("BENCH_HF_ALL_SEEDS") != "1":
+            if (
+                kind == "hf"
+                and seed != seeds[0]
+                and len(seeds) > 1
+                and os.environ.get("BENCH_HF_ALL_SEEDS") != "1"
+            ):
                 continue  # the anchor's speed does not depend on the seed; its accuracy over seeds is in the issue
             res = run_child(kind, args.rows, seed, args.max_length, args.set)
             res["seed"] = seed
             res["mfu"] = 6 * n_params * res["tokens_per_second"] / (peak * 1e9)
             runs[kind].append(res)
-            print(f"{kind:8} seed {seed}: {res['samples_per_second']:.1f} samples/s, "
-                  f"{res['tokens_per_second']:.0f} tok/s, acc {res['accuracy']:.4f}, "
-                  f"RSS {res['peak_rss_gib']:.2f} GiB, MFU {res['mfu']:.1%}", flush=True)
+            print(
+                f"{kind:8} seed {seed}: {res['samples_per_second']:.1f} samples/s, "
+                f"{res['tokens_per_second']:.0f} tok/s, acc {res['accuracy']:.4f}, "
+                f"RSS {res['peak_rss_gib']:.2f} GiB, MFU {res['mfu']:.1%}",
+                flush=True,
+            )
     report["runs"] = runs
     hf, bk = runs["hf"][0], runs["bertkit"][0]
-    report["ratios"] = {"train_samples_per_second": bk["samples_per_second"] / hf["samples_per_second"],
-                        "accuracy_delta_points": 100 * (bk["accuracy"] - hf["accuracy"]),
-                        "peak_rss": bk["peak_rss_gib"] / hf["peak_rss_gib"]}
+    report["ratios"] = {
+        "train_samples_per_second": bk["samples_per_second"] / hf["samples_per_second"],
+        "accuracy_delta_points": 100 * (bk["accuracy"] - hf["accuracy"]),
+        "peak_rss": bk["peak_rss_gib"] / hf["peak_rss_gib"],
+    }
     if not args.no_scaling:
         report["scaling_max_length"] = {}
         for ml in (64, 128, 256, 512):
@@ -216,11 +289,15 @@ def main() -> None:
     print("\n| | samples/s | tokens/s | test acc | peak RSS GiB | MFU |\n|---|---|---|---|---|---|")
     for kind, rs in runs.items():
         for r in rs:
-            print(f"| {kind} seed {r['seed']} | {r['samples_per_second']:.1f} | {r['tokens_per_second']:.0f} | "
-                  f"{r['accuracy']:.4f} | {r['peak_rss_gib']:.2f} | {r['mfu']:.1%} |")
-    print(f"\nratio (bertkit/HF) samples/s: {report['ratios']['train_samples_per_second']:.2f}x, accuracy delta "
-          f"{report['ratios']['accuracy_delta_points']:+.2f} points, peak RSS {report['ratios']['peak_rss']:.2f}x; "
-          f"matmul peak {peak:.0f} GFLOP/s on {threads} threads ({report['machine']['cpu']})")
+            print(
+                f"| {kind} seed {r['seed']} | {r['samples_per_second']:.1f} | {r['tokens_per_second']:.0f} | "
+                f"{r['accuracy']:.4f} | {r['peak_rss_gib']:.2f} | {r['mfu']:.1%} |"
+            )
+    print(
+        f"\nratio (bertkit/HF) samples/s: {report['ratios']['train_samples_per_second']:.2f}x, accuracy delta "
+        f"{report['ratios']['accuracy_delta_points']:+.2f} points, peak RSS {report['ratios']['peak_rss']:.2f}x; "
+        f"matmul peak {peak:.0f} GFLOP/s on {threads} threads ({report['machine']['cpu']})"
+    )
 
 
 if __name__ == "__main__":

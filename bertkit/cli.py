@@ -62,8 +62,11 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    splits = {k: v for k, v in metrics.items() if isinstance(v, dict) and v and all(
-        isinstance(x, int | float) or x is None for x in v.values())}
+    splits = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, dict) and v and all(isinstance(x, int | float) or x is None for x in v.values())
+    }
     table = Table(title=title)
     table.add_column("metric")
     for split in splits:
@@ -83,8 +86,14 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
             typer.echo(f"{key}: {value}")
 
 
-def _data_overrides(text_column: str | None, text_columns: str | None, label_column: str | None,
-                    id_column: str | None, task: str | None = None, group_column: str | None = None) -> dict[str, Any]:
+def _data_overrides(
+    text_column: str | None,
+    text_columns: str | None,
+    label_column: str | None,
+    id_column: str | None,
+    task: str | None = None,
+    group_column: str | None = None,
+) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if text_column and text_columns:
         _fail("give either --text-column or --text-columns, not both")
@@ -103,12 +112,21 @@ def _data_overrides(text_column: str | None, text_columns: str | None, label_col
     return data
 
 
-def _run_config(preset: str, config: Path | None, sets: list[str] | None, data: dict[str, Any],
-                model: dict[str, Any], training: dict[str, Any]) -> Any:
+def _run_config(
+    preset: str,
+    config: Path | None,
+    sets: list[str] | None,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    training: dict[str, Any],
+) -> Any:
     from bertkit.runconfig import build_run_config
 
-    overrides = {"data": data, "model": {k: v for k, v in model.items() if v is not None},
-                 "training": {k: v for k, v in training.items() if v is not None}}
+    overrides = {
+        "data": data,
+        "model": {k: v for k, v in model.items() if v is not None},
+        "training": {k: v for k, v in training.items() if v is not None},
+    }
     return build_run_config(preset, config, sets, overrides)
 
 
@@ -151,17 +169,30 @@ def analyze(
     def body() -> None:
         from bertkit.runners import runner_for
 
-        cfg = _run_config("default", None, None, _data_overrides(text_column, text_columns, label_column,
-                                                                 id_column, task, group_column), {"backbone": backbone}, {})
+        cfg = _run_config(
+            "default",
+            None,
+            None,
+            _data_overrides(text_column, text_columns, label_column, id_column, task, group_column),
+            {"backbone": backbone},
+            {},
+        )
         profile = runner_for(data, cfg.data.task).analyze(data, cfg)
         typer.echo(json.dumps(profile.to_dict(), indent=2) if as_json else profile.summary())
 
     _guard(body)
 
 
-def _training_options(epochs: float | None, batch_size: int | None, lr: float | None, max_length: int | None,
-                      seed: int | None) -> dict[str, Any]:
-    return {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "max_length": max_length, "seed": seed}
+def _training_options(
+    epochs: float | None, batch_size: int | None, lr: float | None, max_length: int | None, seed: int | None
+) -> dict[str, Any]:
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "max_length": max_length,
+        "seed": seed,
+    }
 
 
 @app.command()
@@ -169,8 +200,12 @@ def train(
     data: Annotated[Path, typer.Argument(help="Training file (CSV/TSV/Parquet/JSONL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
     valid: Annotated[Path | None, typer.Option(help="Validation file (default: split from DATA).")] = None,
-    test: Annotated[Path | None, typer.Option(help="Labelled or unlabelled test file to score/predict.")] = None,
-    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")] = "auto",
+    test: Annotated[
+        Path | None, typer.Option(help="Labelled or unlabelled test file to score/predict.")
+    ] = None,
+    task: Annotated[
+        str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
+    ] = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
@@ -179,18 +214,27 @@ def train(
     backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
     head: Annotated[str | None, typer.Option(help="Registered head name (see `bertkit heads`).")] = None,
     pooling: Annotated[
-        str | None, typer.Option(help="cls|mean|max|attention|weighted_mean|last|gem|layer_cls|layer_cls_weighted")
+        str | None,
+        typer.Option(help="cls|mean|max|attention|weighted_mean|last|gem|layer_cls|layer_cls_weighted"),
     ] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per text.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Train on the first N rows after a seeded shuffle.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option(help="Train on the first N rows after a seeded shuffle.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     preset: Annotated[str, typer.Option(help="quick | default | competition")] = "default",
-    config: Annotated[Path | None, typer.Option(help="YAML config with data/model/training sections.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: training.epochs=2")] = None,
-    strict: Annotated[bool, typer.Option(help="Reject rows with empty text/labels instead of dropping them.")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config with data/model/training sections.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any config key: training.epochs=2")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Reject rows with empty text/labels instead of dropping them.")
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model on DATA and write a run folder (model/, metrics.json, history.csv, report.html).
@@ -207,9 +251,17 @@ def train(
             data_o["max_train_samples"] = max_train_samples
         if strict:
             data_o["strict"] = True
-        cfg = _run_config(preset, config, set_, data_o, {"backbone": backbone, "head": head, "pooling": pooling},
-                          _training_options(epochs, batch_size, lr, max_length, seed))
-        metrics = runner_for(data, cfg.data.task).train(data, output, cfg, valid=valid, test=test, resume=resume)
+        cfg = _run_config(
+            preset,
+            config,
+            set_,
+            data_o,
+            {"backbone": backbone, "head": head, "pooling": pooling},
+            _training_options(epochs, batch_size, lr, max_length, seed),
+        )
+        metrics = runner_for(data, cfg.data.task).train(
+            data, output, cfg, valid=valid, test=test, resume=resume
+        )
         _print_metrics(f"bertkit train → {output}", metrics)
         typer.echo(f"model: {output / 'model'}   report: {output / 'report.html'}")
 
@@ -223,7 +275,9 @@ def cv(
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     group_column: Annotated[str | None, typer.Option(help="GroupKFold on this column.")] = None,
     test: Annotated[Path | None, typer.Option(help="Test file: predictions averaged over folds.")] = None,
-    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")] = "auto",
+    task: Annotated[
+        str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
+    ] = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
@@ -235,7 +289,9 @@ def cv(
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per text.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     preset: Annotated[str, typer.Option(help="quick | default | competition")] = "default",
     config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
@@ -253,14 +309,23 @@ def cv(
         data_o = _data_overrides(text_column, text_columns, label_column, id_column, task, group_column)
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
-        cfg = _run_config(preset, config, set_, data_o, {"backbone": backbone, "head": head, "pooling": pooling},
-                          _training_options(epochs, batch_size, lr, max_length, seed))
+        cfg = _run_config(
+            preset,
+            config,
+            set_,
+            data_o,
+            {"backbone": backbone, "head": head, "pooling": pooling},
+            _training_options(epochs, batch_size, lr, max_length, seed),
+        )
         metrics = runner_for(data, cfg.data.task).cross_validate(
             data, output, cfg, folds=folds, group_column=group_column, test=test
         )
         summary = metrics.get("fold_summary", {})
-        shown = {"oof": metrics.get("oof", {}), "mean": {k: v["mean"] for k, v in summary.items()},
-                 "std": {k: v["std"] for k, v in summary.items()}}
+        shown = {
+            "oof": metrics.get("oof", {}),
+            "mean": {k: v["mean"] for k, v in summary.items()},
+            "std": {k: v["std"] for k, v in summary.items()},
+        }
         _print_metrics(f"bertkit cv ({folds} folds) → {output}", shown)
         typer.echo(f"oof: {next(iter(sorted(output.glob('oof.*'))), output / 'oof.csv')}")
 
@@ -269,9 +334,13 @@ def cv(
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")
+    ],
     data: Annotated[Path, typer.Argument(help="Labelled data file.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
 ) -> None:
     """Score a trained model on labelled data: prints a table and writes JSON.
@@ -296,7 +365,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Run folder, model folder or export folder (ONNX Runtime).")
+    ],
     data: Annotated[Path, typer.Argument(help="Data file to predict.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (Kaggle submission format).")],
     id_column: IdColumn = None,
@@ -314,8 +385,9 @@ def predict(
         from bertkit.runners import runner_for_model
 
         extra = {"task": task} if task else {}  # only multi-task runners take --task
-        written = runner_for_model(model_dir).predict(model_dir, data, output, id_column=id_column, proba=proba,
-                                                      batch_size=batch_size, **extra)
+        written = runner_for_model(model_dir).predict(
+            model_dir, data, output, id_column=id_column, proba=proba, batch_size=batch_size, **extra
+        )
         typer.echo(f"wrote {written}")
 
     _guard(body)
@@ -324,11 +396,19 @@ def predict(
 @app.command()
 def export(
     model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Export folder to write (replaced if it exists).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Export folder to write (replaced if it exists).")
+    ],
     format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    quantize: Annotated[str | None, typer.Option(help="Also write an int8 model (and make it the default).")] = None,
-    int8_recipe: Annotated[str | None, typer.Option(help="Named int8 recipe (see docs/export-and-serve.md).")] = None,
-    graph: Annotated[str, typer.Option(help="auto | full | encoder (encoder: the head runs in PyTorch).")] = "auto",
+    quantize: Annotated[
+        str | None, typer.Option(help="Also write an int8 model (and make it the default).")
+    ] = None,
+    int8_recipe: Annotated[
+        str | None, typer.Option(help="Named int8 recipe (see docs/export-and-serve.md).")
+    ] = None,
+    graph: Annotated[
+        str, typer.Option(help="auto | full | encoder (encoder: the head runs in PyTorch).")
+    ] = "auto",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
 ) -> None:
     """Export a trained model to a self-contained ONNX folder, verified against PyTorch (1e-4 in fp32).
@@ -340,8 +420,15 @@ def export(
     def body() -> None:
         from bertkit.inference.export import DEFAULT_INT8_RECIPE, export_model
 
-        result = export_model(model_dir, output, format=format_, quantize=quantize,
-                              int8_recipe=int8_recipe or DEFAULT_INT8_RECIPE, graph=graph, opset=opset)
+        result = export_model(
+            model_dir,
+            output,
+            format=format_,
+            quantize=quantize,
+            int8_recipe=int8_recipe or DEFAULT_INT8_RECIPE,
+            graph=graph,
+            opset=opset,
+        )
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items()) or "integer outputs only"
         typer.echo(f"graph: {result.graph}   outputs: {', '.join(result.outputs)}")
         typer.echo(f"fp32 max |ONNX - PyTorch|: {diffs}")
@@ -359,9 +446,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch_size: Annotated[int, typer.Option(help="Texts merged into one micro-batch.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to join its batch.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which the server answers 503.")] = 256,
-    precision: Annotated[str | None, typer.Option(help="Export folders: fp32 or int8 (default: the folder's).")] = None,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a request waits for others to join its batch.")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Waiting requests beyond which the server answers 503.")
+    ] = 256,
+    precision: Annotated[
+        str | None, typer.Option(help="Export folders: fp32 or int8 (default: the folder's).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI docs at /docs.
@@ -374,8 +467,16 @@ def serve(
         from bertkit.inference.serve import serve as run_server
 
         extra = {"precision": precision} if precision else {}
-        run_server(model_dir, host=host, port=port, log_level=log_level, max_batch_size=max_batch_size,
-                   max_wait_ms=max_wait_ms, max_queue=max_queue, **extra)
+        run_server(
+            model_dir,
+            host=host,
+            port=port,
+            log_level=log_level,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            **extra,
+        )
 
     _guard(body)
 
@@ -398,8 +499,9 @@ def embed(
     def body() -> None:
         from bertkit.inference.embed import embed_texts
 
-        emb = embed_texts(model_dir, data, output, text_column=text_column, batch_size=batch_size,
-                          id_column=id_column)
+        emb = embed_texts(
+            model_dir, data, output, text_column=text_column, batch_size=batch_size, id_column=id_column
+        )
         typer.echo(f"wrote {output} ({emb.shape[0]} x {emb.shape[1] if emb.ndim == 2 else 0})")
 
     _guard(body)
@@ -445,16 +547,31 @@ def demo(
         from bertkit.training.run import train_run
 
         examples = resources.files("bertkit.data").joinpath("examples")
-        train_csv, test_csv = Path(str(examples / "demo_reviews.csv")), Path(str(examples / "demo_reviews_test.csv"))
+        train_csv, test_csv = (
+            Path(str(examples / "demo_reviews.csv")),
+            Path(str(examples / "demo_reviews_test.csv")),
+        )
         typer.echo(f"training bertkit's bundled MiniLM on the toy dataset {train_csv.name} (480 rows)…")
-        cfg = build_run_config("default", overrides={"training": {
-            "epochs": epochs, "batch_size": 16, "learning_rate": 1e-4, "max_length": 64, "warmup_ratio": 0.1}})
+        cfg = build_run_config(
+            "default",
+            overrides={
+                "training": {
+                    "epochs": epochs,
+                    "batch_size": 16,
+                    "learning_rate": 1e-4,
+                    "max_length": 64,
+                    "warmup_ratio": 0.1,
+                }
+            },
+        )
         result = train_run(train_csv, output, cfg, test_path=test_csv)
         _print_metrics("demo metrics", result.metrics)
         predictor = load_predictor(output)
-        samples = ["The battery died after two days, what a waste of money.",
-                   "Honestly the best ramen I have had in years!",
-                   "The plot was not bad at all."]
+        samples = [
+            "The battery died after two days, what a waste of money.",
+            "Honestly the best ramen I have had in years!",
+            "The plot was not bad at all.",
+        ]
         for text, label, probs in zip(samples, predictor.predict(samples), predictor.predict_proba(samples)):
             typer.echo(f"  {label:>8}  ({max(probs.values()):.2f})  {text}")
         typer.echo(f"run folder: {output}  (open {output / 'report.html'})")
@@ -465,23 +582,39 @@ def demo(
 @app.command()
 def ablate(
     data: Annotated[Path, typer.Argument(help="Labelled training file.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the variants, ablation.csv, report.html.")],
-    try_: Annotated[str, typer.Option("--try", help="Comma-separated switches: fgm,awp,ema,swa,soup,msd,llrd,"
-                                      "headlr,cosine,unfreeze,reinitN,headtail,chunks,postprocess,nodropout,"
-                                      "mean,attention,gem,layercls,layerwsum,preset:NAME")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the variants, ablation.csv, report.html.")
+    ],
+    try_: Annotated[
+        str,
+        typer.Option(
+            "--try",
+            help="Comma-separated switches: fgm,awp,ema,swa,soup,msd,llrd,"
+            "headlr,cosine,unfreeze,reinitN,headtail,chunks,postprocess,nodropout,"
+            "mean,attention,gem,layercls,layerwsum,preset:NAME",
+        ),
+    ],
     folds: Annotated[int, typer.Option(help="Number of folds (the same for every variant).")] = 3,
     base: Annotated[str, typer.Option(help="Base preset: quick | default | competition")] = "default",
-    metric: Annotated[str | None, typer.Option(help="Fold metric to compare (default: rmse/qwk/macro_f1/...).")] = None,
-    task: Annotated[str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal")] = "auto",
+    metric: Annotated[
+        str | None, typer.Option(help="Fold metric to compare (default: rmse/qwk/macro_f1/...).")
+    ] = None,
+    task: Annotated[
+        str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal")
+    ] = "auto",
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs (every variant).")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")
+    ] = None,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per text (every variant).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (the same folds for every variant).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config applied to every variant.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key in every variant.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any config key in every variant.")
+    ] = None,
 ) -> None:
     """Run the base preset and each switch on the same folds and seeds; write a mean ± std table and a report.
 
@@ -495,13 +628,35 @@ def ablate(
         data_o = _data_overrides(text_column, None, label_column, None, task)
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
-        overrides = {"data": data_o, "model": {"backbone": backbone} if backbone else {},
-                     "training": {k: v for k, v in _training_options(epochs, None, None, max_length, seed).items()
-                                  if v is not None}}
-        table = run_ablation(data, output, [t for t in try_.split(",") if t.strip()], folds=folds, base=base,
-                             config_file=config, sets=set_, overrides=overrides, metric=metric)
-        shown = {r["variant"]: {"mean": r["mean"], "std": r["std"], "delta": r["delta"],
-                                "time_ratio": r["time_ratio"]} for _, r in table.iterrows()}
+        overrides = {
+            "data": data_o,
+            "model": {"backbone": backbone} if backbone else {},
+            "training": {
+                k: v
+                for k, v in _training_options(epochs, None, None, max_length, seed).items()
+                if v is not None
+            },
+        }
+        table = run_ablation(
+            data,
+            output,
+            [t for t in try_.split(",") if t.strip()],
+            folds=folds,
+            base=base,
+            config_file=config,
+            sets=set_,
+            overrides=overrides,
+            metric=metric,
+        )
+        shown = {
+            r["variant"]: {
+                "mean": r["mean"],
+                "std": r["std"],
+                "delta": r["delta"],
+                "time_ratio": r["time_ratio"],
+            }
+            for _, r in table.iterrows()
+        }
         _print_metrics(f"bertkit ablate ({table['metric'].iloc[0]}, {folds} folds) → {output}", shown)
         typer.echo(f"table: {output / 'ablation.csv'}   report: {output / 'report.html'}")
 
@@ -510,8 +665,12 @@ def ablate(
 
 @app.command()
 def pretrain(
-    texts: Annotated[Path, typer.Argument(help="Unlabelled texts: .txt (one per line) or CSV/TSV/Parquet/JSONL.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Backbone folder to write (use as --backbone).")],
+    texts: Annotated[
+        Path, typer.Argument(help="Unlabelled texts: .txt (one per line) or CSV/TSV/Parquet/JSONL.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Backbone folder to write (use as --backbone).")
+    ],
     backbone: Annotated[str, typer.Option(help="minilm | local folder | hub id.")] = "minilm",
     text_column: TextColumn = None,
     epochs: Annotated[float, typer.Option(help="Passes over the text blocks.")] = 1.0,
@@ -533,22 +692,41 @@ def pretrain(
         from bertkit.training.pretrain import PretrainConfig
         from bertkit.training.pretrain import pretrain as run_pretrain
 
-        cfg = PretrainConfig(backbone=backbone, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                             learning_rate=lr, max_length=max_length, mlm_probability=mlm_probability,
-                             text_column=text_column, max_texts=max_texts, seed=seed)
+        cfg = PretrainConfig(
+            backbone=backbone,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=lr,
+            max_length=max_length,
+            mlm_probability=mlm_probability,
+            text_column=text_column,
+            max_texts=max_texts,
+            seed=seed,
+        )
         report = run_pretrain(texts, output, cfg)
-        typer.echo(f"MLM loss {report['first_loss']:.3f} → {report['last_loss']:.3f} over {report['steps']} steps; "
-                   f"backbone: {output}")
+        typer.echo(
+            f"MLM loss {report['first_loss']:.3f} → {report['last_loss']:.3f} over {report['steps']} steps; "
+            f"backbone: {output}"
+        )
 
     _guard(body)
 
 
 @app.command()
 def blend(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more `bertkit cv` run folders on the same data.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for blend.json, oof_blend.csv, submission.csv.")],
-    method: Annotated[str, typer.Option(help="lsq (weights >= 0 summing to 1) | ridge | hill | mean")] = "lsq",
-    metric: Annotated[str | None, typer.Option(help="rmse|mae (regression), log_loss|accuracy|macro_f1.")] = None,
+    runs: Annotated[
+        list[Path], typer.Argument(help="Two or more `bertkit cv` run folders on the same data.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for blend.json, oof_blend.csv, submission.csv.")
+    ],
+    method: Annotated[
+        str, typer.Option(help="lsq (weights >= 0 summing to 1) | ridge | hill | mean")
+    ] = "lsq",
+    metric: Annotated[
+        str | None, typer.Option(help="rmse|mae (regression), log_loss|accuracy|macro_f1.")
+    ] = None,
 ) -> None:
     """Blend several runs' OOF predictions (weights fitted on OOF) and write the blended test submission.
 
@@ -562,8 +740,10 @@ def blend(
         report = blend_runs(runs, output, method=method, metric=metric)
         weights = ", ".join(f"{Path(r).name}={w:.3f}" for r, w in zip(report["runs"], report["weights"]))
         typer.echo(f"{report['method']} weights: {weights}")
-        typer.echo(f"OOF {report['metric']}: blend {report['oof_score']:.4f}; runs "
-                   + ", ".join(f"{s:.4f}" for s in report["run_scores"]))
+        typer.echo(
+            f"OOF {report['metric']}: blend {report['oof_score']:.4f}; runs "
+            + ", ".join(f"{s:.4f}" for s in report["run_scores"])
+        )
         if "submission" in report:
             typer.echo(f"submission: {report['submission']}")
 

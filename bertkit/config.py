@@ -313,7 +313,9 @@ class TrainingConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.scheduler = check_choice("scheduler", self.scheduler, ("linear", "cosine", "constant"))
-        self.mixed_precision = check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        self.mixed_precision = check_choice(
+            "mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16")
+        )
         self.eval_strategy = check_choice("eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
         self.truncation = check_choice("truncation", self.truncation, ("head", "tail", "head_tail"))
         self.device = check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
@@ -333,7 +335,9 @@ class TrainingConfig(ConfigBase):
     def _check_tricks(self) -> None:
         """Validate the training-trick fields (docs/competition.md)."""
         self.adversarial = check_choice("adversarial", self.adversarial, ("none", "fgm", "awp"))
-        self.chunk_aggregation = check_choice("chunk_aggregation", self.chunk_aggregation, ("mean", "max", "attention"))
+        self.chunk_aggregation = check_choice(
+            "chunk_aggregation", self.chunk_aggregation, ("mean", "max", "attention")
+        )
         if self.fgm_epsilon <= 0 or self.awp_epsilon <= 0 or self.awp_lr < 0 or self.adv_start_epoch < 0:
             raise ConfigError(
                 "training.fgm_epsilon and awp_epsilon must be > 0, awp_lr and adv_start_epoch >= 0; got "
@@ -345,9 +349,13 @@ class TrainingConfig(ConfigBase):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
         if self.swa_snapshots_per_epoch < 1:
-            raise ConfigError(f"training.swa_snapshots_per_epoch must be >= 1, got {self.swa_snapshots_per_epoch}")
+            raise ConfigError(
+                f"training.swa_snapshots_per_epoch must be >= 1, got {self.swa_snapshots_per_epoch}"
+            )
         if self.ema_decay > 0 and self.swa_epochs > 0:
-            raise ConfigError("training.ema_decay and training.swa_epochs are two weight averages; switch on one")
+            raise ConfigError(
+                "training.ema_decay and training.swa_epochs are two weight averages; switch on one"
+            )
         if self.chunk_stride and self.chunk_stride >= self.max_length - 2:
             raise ConfigError(
                 f"training.chunk_stride={self.chunk_stride} must be smaller than max_length - 2 ({self.max_length - 2})"

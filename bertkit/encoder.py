@@ -94,7 +94,10 @@ def is_decoder_only(model_type: str) -> bool:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def build_hf_config(cfg: BertConfig) -> Any:
@@ -104,7 +107,9 @@ def build_hf_config(cfg: BertConfig) -> Any:
     try:
         defaults = AutoConfig.for_model(cfg.model_type)
     except ValueError as exc:
-        raise ConfigError(f"unknown model_type '{cfg.model_type}' for a from-scratch encoder: {exc}") from None
+        raise ConfigError(
+            f"unknown model_type '{cfg.model_type}' for a from-scratch encoder: {exc}"
+        ) from None
     ffn = cfg.intermediate_size or 4 * cfg.hidden_size
     values: dict[str, Any] = {
         "hidden_size": cfg.hidden_size,
@@ -135,7 +140,9 @@ def build_hf_config(cfg: BertConfig) -> Any:
     try:
         return AutoConfig.for_model(cfg.model_type, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid from-scratch '{cfg.model_type}' config: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"invalid from-scratch '{cfg.model_type}' config: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _apply_dropout(hf_config: Any, cfg: BertConfig) -> None:
@@ -207,9 +214,9 @@ class BertCore(nn.Module):
         self.model_type = str(self.hf_config.model_type)
         self.decoder_only = is_decoder_only(self.model_type)
         params = inspect.signature(self.model.forward).parameters
-        self.uses_token_type_ids = "token_type_ids" in params and int(
-            getattr(self.hf_config, "type_vocab_size", 0) or 0
-        ) > 1
+        self.uses_token_type_ids = (
+            "token_type_ids" in params and int(getattr(self.hf_config, "type_vocab_size", 0) or 0) > 1
+        )
         self.has_native_pooler = getattr(self.model, "pooler", None) is not None
         self.extra_pooler: nn.Module | None = None
         if not self.has_native_pooler and config.add_pooler_if_missing:
@@ -236,7 +243,9 @@ class BertCore(nn.Module):
         for _, module in self.model.named_modules():
             if isinstance(module, nn.ModuleList) and len(module) == self.num_layers:
                 return module
-        raise ConfigError(f"cannot find the {self.num_layers} transformer layers of a '{self.model_type}' model")
+        raise ConfigError(
+            f"cannot find the {self.num_layers} transformer layers of a '{self.model_type}' model"
+        )
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -268,7 +277,9 @@ class BertCore(nn.Module):
                 p.requires_grad_(False)
             return
         if not 0 <= num_layers <= self.num_layers:
-            raise ConfigError(f"num_layers={num_layers} is out of range; this encoder has {self.num_layers} layers")
+            raise ConfigError(
+                f"num_layers={num_layers} is out of range; this encoder has {self.num_layers} layers"
+            )
         for m in self.embedding_modules():
             for p in m.parameters():
                 p.requires_grad_(False)

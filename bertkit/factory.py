@@ -55,7 +55,9 @@ def create_bert_core(
     return BertCore(cfg)
 
 
-def _bert_config(name: str | None, config: BertConfig | dict[str, Any] | None, kwargs: dict[str, Any]) -> BertConfig:
+def _bert_config(
+    name: str | None, config: BertConfig | dict[str, Any] | None, kwargs: dict[str, Any]
+) -> BertConfig:
     base = config.to_dict() if isinstance(config, BertConfig) else dict(config or {})
     base.update(kwargs)
     if name is not None:
@@ -65,7 +67,11 @@ def _bert_config(name: str | None, config: BertConfig | dict[str, Any] | None, k
 
 def _normalise_head_type(head_type: str | HeadType | None, num_labels: int) -> str:
     if head_type is None:
-        return HeadType.BINARY_CLASSIFICATION.value if num_labels == 2 else HeadType.MULTICLASS_CLASSIFICATION.value
+        return (
+            HeadType.BINARY_CLASSIFICATION.value
+            if num_labels == 2
+            else HeadType.MULTICLASS_CLASSIFICATION.value
+        )
     name = str(getattr(head_type, "value", head_type)).lower()
     name = _TASK_ALIASES.get(name, name)
     get_head_class(name)  # unknown names raise listing the valid ones
@@ -188,7 +194,9 @@ def create_bert_for_competition(competition_type: str, num_labels: int = 2, **kw
         candidates = heads_for_competition(key)
         if not candidates:
             known = sorted(set(COMPETITION_DEFAULTS) | set(_all_comp_types()))
-            raise ConfigError(f"unknown competition type '{competition_type}'; known types: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown competition type '{competition_type}'; known types: {', '.join(known)}"
+            )
         head_type = candidates[0]
     defaults.update(kwargs)
     return create_bert_with_head(head_type=head_type, num_labels=num_labels, **defaults)

@@ -50,7 +50,11 @@ class BertWithHead(nn.Module):
     """
 
     def __init__(
-        self, bert: BertCore, head: BaseHead, tokenizer: Any | None = None, metadata: dict[str, Any] | None = None
+        self,
+        bert: BertCore,
+        head: BaseHead,
+        tokenizer: Any | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head.config.input_size != bert.hidden_size:
@@ -103,7 +107,9 @@ class BertWithHead(nn.Module):
             The head's output dict (``"logits"``, ``"predictions"``, ``"probabilities"`` where meaningful).
         """
         if self.head.level == "bi_encoder":
-            outputs = self.head.forward_encoder(self.bert, input_ids, attention_mask, token_type_ids, **kwargs)
+            outputs = self.head.forward_encoder(
+                self.bert, input_ids, attention_mask, token_type_ids, **kwargs
+            )
         else:
             encoded = self.bert(input_ids, attention_mask, token_type_ids)
             outputs = self.head(encoded, encoded.attention_mask, input_ids=input_ids, **kwargs)
@@ -144,7 +150,9 @@ class BertWithHead(nn.Module):
         return target
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str], load_tokenizer_files: bool = True) -> BertWithHead:
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], load_tokenizer_files: bool = True
+    ) -> BertWithHead:
         """Load a folder written by :meth:`save_pretrained` (or a run folder holding ``model/``)."""
         folder = check_model_folder(folder)
         meta = read_json(folder / METADATA_FILE)

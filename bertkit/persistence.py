@@ -27,7 +27,9 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFolderError(f"{path} is not valid JSON ({exc}); the file is damaged, re-save the model") from None
+        raise ModelFolderError(
+            f"{path} is not valid JSON ({exc}); the file is damaged, re-save the model"
+        ) from None
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path} should hold a JSON object; the file is damaged, re-save the model")
     return data
@@ -49,7 +51,9 @@ def load_safetensors_into(module: nn.Module, path: str | os.PathLike[str]) -> No
         ) from None
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelFolderError(f"weights file {path} does not fit this model ({first}); re-save the model") from None
+        raise ModelFolderError(
+            f"weights file {path} does not fit this model ({first}); re-save the model"
+        ) from None
     if missing or unexpected:
         what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
         raise ModelFolderError(f"weights file {path} does not match its config ({what}); re-save the model")

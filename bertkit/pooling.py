@@ -111,7 +111,9 @@ class Pooler(nn.Module):
             # learned per-position weights (softplus keeps them positive); starts as the plain mean
             self.position_logits = nn.Parameter(torch.zeros(max_positions))
 
-    def _layer_cls(self, hidden: torch.Tensor, mask: torch.Tensor, layers: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def _layer_cls(
+        self, hidden: torch.Tensor, mask: torch.Tensor, layers: tuple[torch.Tensor, ...] | None
+    ) -> torch.Tensor:
         k = self.num_layers
         states = list(layers[-k:]) if layers else [hidden]
         states = [states[0]] * (k - len(states)) + states  # fewer layers than k: repeat the lowest

@@ -66,8 +66,16 @@ class DataConfig(ConfigBase):
 
     def analyze_overrides(self) -> dict[str, Any]:
         """Keyword overrides for :func:`bertkit.data.analyze_dataset`."""
-        keys = ("text_column", "text_columns", "label_column", "label_columns", "id_column", "group_column",
-                "template", "multilabel_delimiter")
+        keys = (
+            "text_column",
+            "text_columns",
+            "label_column",
+            "label_columns",
+            "id_column",
+            "group_column",
+            "template",
+            "multilabel_delimiter",
+        )
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.task in ("binary", "multiclass", "multilabel", "regression", "ordinal"):
             out["task"] = self.task
@@ -107,17 +115,27 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data.to_dict(), "model": self.model.to_dict(), "training": self.training.to_dict()}
+        return {
+            "data": self.data.to_dict(),
+            "model": self.model.to_dict(),
+            "training": self.training.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunConfig:
         data = dict(data or {})
-        sections: dict[str, type[ConfigBase]] = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+        sections: dict[str, type[ConfigBase]] = {
+            "data": DataConfig,
+            "model": ModelConfig,
+            "training": TrainingConfig,
+        }
         unknown = [k for k in data if k not in sections]
         if unknown:
             close = difflib.get_close_matches(unknown[0], list(sections), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config section '{unknown[0]}'{hint}; valid sections: data, model, training")
+            raise ConfigError(
+                f"unknown config section '{unknown[0]}'{hint}; valid sections: data, model, training"
+            )
         return cls(**{name: kind.from_dict(data.get(name) or {}) for name, kind in sections.items()})  # type: ignore[arg-type]
 
     def to_yaml(self) -> str:

@@ -39,11 +39,25 @@ def main(out: str, resume: bool, delay: float) -> None:
     profile = analyze_dataset(df)
     prep = prepare_frame(df, profile)
     ds = TokenizedDataset(tokenize_texts(tok, prep.texts_a, max_length=32), prep.targets)
-    model = create_bert_with_head(num_labels=2, bert_config=tiny_bert_config("bert"), tokenizer=tok,
-                                  label_names=profile.label_names, head_config={"dropout_prob": 0.1})
-    cfg = TrainingConfig(epochs=2, batch_size=8, checkpoint_steps=3, keep_checkpoints=2, progress=False,
-                         learning_rate=1e-3, calibrate=False)
-    Trainer(model, out, cfg, collator=SlowCollator(delay)).train(ds, None, resume_from="auto" if resume else None)
+    model = create_bert_with_head(
+        num_labels=2,
+        bert_config=tiny_bert_config("bert"),
+        tokenizer=tok,
+        label_names=profile.label_names,
+        head_config={"dropout_prob": 0.1},
+    )
+    cfg = TrainingConfig(
+        epochs=2,
+        batch_size=8,
+        checkpoint_steps=3,
+        keep_checkpoints=2,
+        progress=False,
+        learning_rate=1e-3,
+        calibrate=False,
+    )
+    Trainer(model, out, cfg, collator=SlowCollator(delay)).train(
+        ds, None, resume_from="auto" if resume else None
+    )
 
 
 if __name__ == "__main__":

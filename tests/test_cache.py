@@ -63,9 +63,10 @@ def test_cached_file_equals_in_memory_tokenization_and_hits(
     again = cached_dataset_from_file(big_csv, profile, tokenizer, tmp_path, max_length=24, chunksize=3000)
     assert again.folder == ds.folder and (again.folder / "meta.json").stat().st_mtime_ns == stamp
     # another max_length (or file content) is another entry
-    other = cached_dataset_from_file(
-        big_csv, profile, tokenizer, tmp_path, max_length=16, chunksize=5000, num_workers=1
-    )
+    with pytest.warns(UserWarning, match="1 rows"):
+        other = cached_dataset_from_file(
+            big_csv, profile, tokenizer, tmp_path, max_length=16, chunksize=5000, num_workers=1
+        )
     assert other.folder != ds.folder and int(other.lengths.max()) <= 16
     assert isinstance(ds.lengths, np.memmap) and isinstance(ds.input_ids, np.memmap)
 

@@ -37,9 +37,28 @@ def _invoke(*args: str):
 
 
 def _train_args(backbone: Path, out: Path) -> list[str]:
-    return ["train", str(DEMO), "--test", str(DEMO_TEST), "--output", str(out), "--backbone", str(backbone),
-            "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--lr", "1e-3",
-            "--max-train-samples", "120", "--set", "training.progress=false"]
+    return [
+        "train",
+        str(DEMO),
+        "--test",
+        str(DEMO_TEST),
+        "--output",
+        str(out),
+        "--backbone",
+        str(backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--lr",
+        "1e-3",
+        "--max-train-samples",
+        "120",
+        "--set",
+        "training.progress=false",
+    ]
 
 
 def test_train_predict_evaluate(tiny_backbone: Path, tmp_path: Path) -> None:
@@ -50,7 +69,13 @@ def test_train_predict_evaluate(tiny_backbone: Path, tmp_path: Path) -> None:
     assert {"valid", "test", "train_seconds", "train_samples_per_second"} <= set(metrics)
     assert {"accuracy", "f1", "roc_auc"} <= set(metrics["test"])
     assert metrics["train_rows"] == 120 and metrics["valid_rows"] == 48  # left-over rows, 10% of 480
-    for name in ("config.yaml", "history.csv", "report.html", "model/model_metadata.json", "test_predictions.csv"):
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "report.html",
+        "model/model_metadata.json",
+        "test_predictions.csv",
+    ):
         assert (run / name).is_file(), name
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "accuracy" in html
@@ -65,7 +90,9 @@ def test_train_predict_evaluate(tiny_backbone: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and {"proba_negative", "proba_positive"} <= set(pd.read_csv(tmp_path / "p.csv"))
     res = _invoke("evaluate", run, DEMO_TEST, "--output", tmp_path / "e.json")
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == pytest.approx(
+        metrics["test"]["accuracy"]
+    )
     # the rerun config in config.yaml reproduces the run's settings
     cfg = (run / "config.yaml").read_text()
     assert "max_train_samples: 120" in cfg and "learning_rate: 0.001" in cfg
@@ -73,9 +100,26 @@ def test_train_predict_evaluate(tiny_backbone: Path, tmp_path: Path) -> None:
 
 def test_cv_writes_oof_in_input_order(tiny_backbone: Path, tmp_path: Path) -> None:
     run = tmp_path / "cv"
-    res = _invoke("cv", DEMO, "--folds", "2", "--output", run, "--backbone", tiny_backbone, "--epochs", "1",
-                  "--max-train-samples", "60", "--max-length", "32", "--test", DEMO_TEST,
-                  "--set", "training.progress=false")
+    res = _invoke(
+        "cv",
+        DEMO,
+        "--folds",
+        "2",
+        "--output",
+        run,
+        "--backbone",
+        tiny_backbone,
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "60",
+        "--max-length",
+        "32",
+        "--test",
+        DEMO_TEST,
+        "--set",
+        "training.progress=false",
+    )
     assert res.exit_code == 0, res.output
     oof = pd.read_csv(run / "oof.csv")
     assert len(oof) == 60 and set(oof["fold"]) == {0, 1}
@@ -121,7 +165,9 @@ def test_unseen_labels_and_missing_columns(tiny_backbone: Path, tmp_path: Path) 
     run = tmp_path / "run"
     assert _invoke(*_train_args(tiny_backbone, run)).exit_code == 0
     bad = tmp_path / "bad.csv"
-    pd.DataFrame({"id": [1, 2], "text": ["good", "bad"], "label": ["positive", "meh"]}).to_csv(bad, index=False)
+    pd.DataFrame({"id": [1, 2], "text": ["good", "bad"], "label": ["positive", "meh"]}).to_csv(
+        bad, index=False
+    )
     res = _invoke("evaluate", run, bad)
     assert res.exit_code == 2 and "unseen" in res.output and "meh" in res.output
     nocol = tmp_path / "nocol.csv"

@@ -29,8 +29,12 @@ def test_minilm_multiclass_learns_trec(tmp_path: Path) -> None:
     profile = analyze_dataset(train_df)
     assert profile.task == "multiclass"
     torch.manual_seed(0)
-    model = create_bert_with_head(head_type="multiclass_classification", num_labels=len(profile.label_names),
-                                  label_names=profile.label_names, bert_name="minilm")
+    model = create_bert_with_head(
+        head_type="multiclass_classification",
+        num_labels=len(profile.label_names),
+        label_names=profile.label_names,
+        bert_name="minilm",
+    )
     tok = model.tokenizer
 
     def ds(frame: pd.DataFrame) -> TokenizedDataset:
@@ -38,7 +42,9 @@ def test_minilm_multiclass_learns_trec(tmp_path: Path) -> None:
         return TokenizedDataset(tokenize_texts(tok, prep.texts_a, max_length=48), prep.targets)
 
     train, test = ds(train_df), ds(test_df)
-    cfg = TrainingConfig(epochs=4, batch_size=16, learning_rate=1e-4, progress=False, log_every=5, calibrate=False)
+    cfg = TrainingConfig(
+        epochs=4, batch_size=16, learning_rate=1e-4, progress=False, log_every=5, calibrate=False
+    )
     trainer = Trainer(model, tmp_path, cfg)
     result = trainer.train(train, None)
     losses = result.history["train_loss"].dropna().values
@@ -66,15 +72,41 @@ def test_end_to_end_on_real_data(name: str, task: str, extra: list[str], tmp_pat
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["task"] == task
     common = ["--epochs", "1", "--max-length", "64", "--batch-size", "16", "--set", "training.progress=false"]
-    res = runner.invoke(app, ["train", str(folder / "train.csv"), "--output", str(tmp_path / "run"),
-                              "--max-train-samples", "200", *common, *extra])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(folder / "train.csv"),
+            "--output",
+            str(tmp_path / "run"),
+            "--max-train-samples",
+            "200",
+            *common,
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["cv", str(folder / "train.csv"), "--folds", "3", "--output", str(tmp_path / "cv"),
-                              "--max-train-samples", "150", *common, *extra])
+    res = runner.invoke(
+        app,
+        [
+            "cv",
+            str(folder / "train.csv"),
+            "--folds",
+            "3",
+            "--output",
+            str(tmp_path / "cv"),
+            "--max-train-samples",
+            "150",
+            *common,
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     oof = pd.read_csv(tmp_path / "cv" / "oof.csv")
     assert len(oof) == 150 and set(oof["fold"]) == {0, 1, 2}
     test_file = folder / "test.csv"
-    res = runner.invoke(app, ["predict", str(tmp_path / "run"), str(test_file), "--output", str(tmp_path / "s.csv")])
+    res = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), str(test_file), "--output", str(tmp_path / "s.csv")]
+    )
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "s.csv")) == len(read_table(test_file))

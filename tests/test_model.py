@@ -169,19 +169,24 @@ def test_custom_head_in_twenty_lines(tokenizer, tmp_path: Path) -> None:
 
 def test_factories(tokenizer) -> None:
     cfg = tiny_bert_config("bert")
-    m = create_model("bert_with_head", head_type="multiclass_classification", num_labels=5, config=cfg,
-                     tokenizer=tokenizer)
+    m = create_model(
+        "bert_with_head", head_type="multiclass_classification", num_labels=5, config=cfg, tokenizer=tokenizer
+    )
     assert m.head.config.num_labels == 5
     core = create_model("bert_core", config=cfg)
     assert core.hidden_size == 32
     with pytest.raises(ConfigError, match="bert_core, bert_with_head"):
         create_model("bertish")
-    r = create_bert_for_task("regression", num_labels=1, freeze_bert=True, bert_config=cfg, tokenizer=tokenizer)
+    r = create_bert_for_task(
+        "regression", num_labels=1, freeze_bert=True, bert_config=cfg, tokenizer=tokenizer
+    )
     assert r.head.registry_name == "regression" and not any(p.requires_grad for p in r.bert.parameters())
     assert r.head.config.pooling_type == "mean"
     o = create_bert_for_task(HeadType.ORDINAL_REGRESSION, num_labels=5, bert_config=cfg, tokenizer=tokenizer)
     assert o.head.registry_name == "ordinal_regression"
-    c = create_bert_for_competition("multilabel_classification", num_labels=6, bert_config=cfg, tokenizer=tokenizer)
+    c = create_bert_for_competition(
+        "multilabel_classification", num_labels=6, bert_config=cfg, tokenizer=tokenizer
+    )
     assert c.head.registry_name == "multilabel_classification"
     f = create_bert_for_competition("imbalanced_binary", num_labels=2, bert_config=cfg, tokenizer=tokenizer)
     assert f.head.loss_type == "focal"
@@ -197,17 +202,27 @@ def test_factories(tokenizer) -> None:
 
 def test_head_specific_behaviour(tokenizer) -> None:
     cfg = tiny_bert_config("bert")
-    ml = create_bert_with_head(head_type="multilabel_classification", bert_config=cfg, tokenizer=tokenizer,
-                               head_config=get_head_class("multilabel_classification").example_config())
+    ml = create_bert_with_head(
+        head_type="multilabel_classification",
+        bert_config=cfg,
+        tokenizer=tokenizer,
+        head_config=get_head_class("multilabel_classification").example_config(),
+    )
     assert ml.head.decode_dimensions([[1, 1, 0, 1], [0, 0, 1, 0]]) == ["INTP", "ESFJ"]
-    hier = create_bert_with_head(head_type="hierarchical_classification", bert_config=cfg, tokenizer=tokenizer,
-                                 head_config=get_head_class("hierarchical_classification").example_config()).eval()
+    hier = create_bert_with_head(
+        head_type="hierarchical_classification",
+        bert_config=cfg,
+        tokenizer=tokenizer,
+        head_config=get_head_class("hierarchical_classification").example_config(),
+    ).eval()
     enc = tokenizer(["one", "two words", "three more words"], padding=True, return_tensors="pt")
     with torch.no_grad():
         out = hier(**enc)
     # the predicted parent is always the predicted leaf's parent, and joint probabilities sum to 1
     assert torch.equal(out["parent_predictions"], hier.head.leaf_parent[out["predictions"]])
     torch.testing.assert_close(out["probabilities"].sum(-1), torch.ones(3))
-    ordinal = create_bert_with_head(head_type="ordinal_regression", num_labels=5, bert_config=cfg, tokenizer=tokenizer)
+    ordinal = create_bert_with_head(
+        head_type="ordinal_regression", num_labels=5, bert_config=cfg, tokenizer=tokenizer
+    )
     th = ordinal.head.thresholds()
     assert torch.all(th[1:] > th[:-1])  # ordered by construction

@@ -525,3 +525,16 @@ def test_bad_inputs_are_reported_with_counts(tiny_backbone: Path, data_dir: Path
     assert keep.sum() == 57 and report["empty_second_text"] == 3
     with pytest.raises(DataError, match="no second text column"):
         analyze_pairs(pd.DataFrame({"text": ["a"], "label": [1]}), task="similarity")
+
+
+def test_contrastive_with_binary_labels_trains_on_positive_pairs_only(tokenizer: Any) -> None:
+    from bertkit.tasks.pairs import analyze_pairs, prepare_pairs
+
+    frame = pd.DataFrame(
+        {"text_a": ["a b", "c d", "a b", "e f"], "text_b": ["a", "x", "b", "e"], "label": [1, 0, 1, 1]}
+    )
+    prof = analyze_pairs(frame, task="contrastive")
+    prep = prepare_pairs(frame, prof, tokenizer, max_length=16, cross_encoder=False)
+    assert prep.report["non_positive_pairs"] == 1 and prep.row_index.tolist() == [0, 2, 3]
+    assert prep.dataset.targets.tolist() == [0, 0, 1]  # same anchor text -> same id (never a negative)
+    assert set(prep.dataset[0]) >= {"input_ids", "input_ids_b", "labels"}

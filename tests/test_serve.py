@@ -120,8 +120,10 @@ def test_full_queue_answers_503_and_batcher_recovers() -> None:
 
     async def scenario() -> tuple[list[Any], list[dict[str, Any]]]:
         batcher = MicroBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=2)
-        tasks = [asyncio.ensure_future(batcher.submit([f"t{i}"])) for i in range(6)]
-        await asyncio.sleep(0.2)  # one running, two queued, three refused
+        tasks = [asyncio.ensure_future(batcher.submit(["t0"]))]
+        await asyncio.sleep(0.3)  # the worker took it and waits inside slow()
+        tasks += [asyncio.ensure_future(batcher.submit([f"t{i}"])) for i in range(1, 6)]
+        await asyncio.sleep(0.1)  # one running, two queued, three refused
         gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         after = await batcher.submit(["again"])

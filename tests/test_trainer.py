@@ -35,8 +35,9 @@ def _demo_data(tokenizer, rows: slice = slice(0, 160)):
 
 def _tiny(tokenizer, profile, arch: str = "bert"):
     torch.manual_seed(0)
-    return create_bert_with_head(num_labels=2, label_names=profile.label_names, bert_config=tiny_bert_config(arch),
-                                 tokenizer=tokenizer)
+    return create_bert_with_head(
+        num_labels=2, label_names=profile.label_names, bert_config=tiny_bert_config(arch), tokenizer=tokenizer
+    )
 
 
 def test_training_lowers_loss_and_writes_history(tokenizer, tmp_path: Path) -> None:
@@ -57,8 +58,16 @@ def test_early_stopping_and_best_model(tokenizer, tmp_path: Path) -> None:
     train, profile = _demo_data(tokenizer)
     model = _tiny(tokenizer, profile)
     # a metric that can only get worse after the first evaluation stops after `patience` evaluations
-    cfg = TrainingConfig(epochs=10, batch_size=16, learning_rate=1e-3, progress=False, eval_strategy="steps",
-                         eval_steps=2, early_stopping_patience=2, metric_for_best_model="loss")
+    cfg = TrainingConfig(
+        epochs=10,
+        batch_size=16,
+        learning_rate=1e-3,
+        progress=False,
+        eval_strategy="steps",
+        eval_steps=2,
+        early_stopping_patience=2,
+        metric_for_best_model="loss",
+    )
     result = Trainer(model, tmp_path, cfg).train(train, train)
     assert result.global_step < 100  # stopped early or converged; never ran all 100 steps without improving
     hist = pd.read_csv(tmp_path / "history.csv")
@@ -69,7 +78,9 @@ def test_early_stopping_and_best_model(tokenizer, tmp_path: Path) -> None:
 def test_param_groups_llrd_and_head_lr(tokenizer) -> None:
     _, profile = _demo_data(tokenizer, slice(0, 10))
     model = _tiny(tokenizer, profile)
-    cfg = TrainingConfig(learning_rate=1e-4, head_learning_rate=1e-3, layerwise_lr_decay=0.5, weight_decay=0.1)
+    cfg = TrainingConfig(
+        learning_rate=1e-4, head_learning_rate=1e-3, layerwise_lr_decay=0.5, weight_decay=0.1
+    )
     groups = build_param_groups(model, cfg)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -97,7 +108,9 @@ def test_schedules() -> None:
 def test_freezing_schedule(tokenizer) -> None:
     _, profile = _demo_data(tokenizer, slice(0, 10))
     model = _tiny(tokenizer, profile)
-    trainer = Trainer(model, None, TrainingConfig(freeze_encoder_epochs=1, gradual_unfreeze=True, progress=False))
+    trainer = Trainer(
+        model, None, TrainingConfig(freeze_encoder_epochs=1, gradual_unfreeze=True, progress=False)
+    )
     trainer._apply_freezing(model, 0)
     assert not any(p.requires_grad for p in model.bert.parameters())
     trainer._apply_freezing(model, 1)  # top layer opens first
@@ -125,7 +138,9 @@ def test_interrupt_then_resume_is_bitwise_identical(sig: int, tmp_path: Path) ->
     proc = subprocess.Popen([*child, str(tmp_path / "killed"), "fresh", "0.15"], env=env)
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 240
-    while time.time() < deadline and not (ckpts.is_dir() and any(p.name == "step-6" for p in ckpts.iterdir())):
+    while time.time() < deadline and not (
+        ckpts.is_dir() and any(p.name == "step-6" for p in ckpts.iterdir())
+    ):
         time.sleep(0.05)
         assert proc.poll() is None, "the child finished before it could be killed"
     proc.send_signal(sig)
@@ -137,7 +152,11 @@ def test_interrupt_then_resume_is_bitwise_identical(sig: int, tmp_path: Path) ->
         assert steps[-1] >= 6
     # nothing visible in the run folder is half-written
     for path in (tmp_path / "killed").rglob("*"):
-        if path.is_file() and not path.name.startswith(".") and not any(p.startswith(".") for p in path.parts[-3:-1]):
+        if (
+            path.is_file()
+            and not path.name.startswith(".")
+            and not any(p.startswith(".") for p in path.parts[-3:-1])
+        ):
             if path.suffix == ".json":
                 json.loads(path.read_text())
             elif path.suffix == ".safetensors":

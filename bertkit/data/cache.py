@@ -68,8 +68,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     digest.update(str(getattr(tokenizer, "name_or_path", "")).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
+    if (
+        backend is not None
+    ):  # truncation/padding are per-call settings the tokenizer leaves behind: not identity
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        digest.update(json.dumps(state, sort_keys=True).encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(json.dumps(sorted(map(str, getattr(tokenizer, "all_special_tokens", [])))).encode())
@@ -203,21 +206,15 @@ def _tokenize_chunk(
     return flat, lengths, types
 
 
+_FLAT_FILES = ("input_ids.int32", "token_type_ids.int8", "lengths.int32", "row_index.int64", "targets.bin")
+
+
 class _Writer:
     """Appends tokenized chunks to the flat files of a new cache entry (a temporary folder)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.files = {
-            name: open(folder / name, "wb")
-            for name in (  # noqa: SIM115 (closed in finish)
-                "input_ids.int32",
-                "token_type_ids.int8",
-                "lengths.int32",
-                "row_index.int64",
-                "targets.bin",
-            )
-        }
+        self.files = {name: open(folder / name, "wb") for name in _FLAT_FILES}  # noqa: SIM115 (see close)
         self.rows = 0
         self.tokens = 0
         self.has_types: bool | None = None
@@ -254,9 +251,12 @@ class _Writer:
         self.rows += len(lengths)
         self.tokens += int(lengths.sum())
 
-    def finish(self, meta: dict[str, Any]) -> None:
+    def close(self) -> None:
         for fh in (*self.files.values(), self.offsets_file):
             fh.close()
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        self.close()
         targets = None
         if self.target_spec is not None:
             targets = {"dtype": self.target_spec[0], "shape": [self.rows, *self.target_spec[1]]}
@@ -293,8 +293,8 @@ def build_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     workers = _usable_cores() if num_workers is None else max(1, int(num_workers))
     pool: Executor | None = None
+    writer = _Writer(tmp)
     try:
-        writer = _Writer(tmp)
         if workers > 1:
             import multiprocessing as mp
 
@@ -325,6 +325,7 @@ def build_cache(
             if not (target / _META).is_file():
                 raise
     finally:
+        writer.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         if tmp.exists():

@@ -44,7 +44,9 @@ def register_head(
 
     def decorator(cls: type[BaseHead]) -> type[BaseHead]:
         doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-        HEADS.add(name, cls, competition_types=list(competition_types or []), priority=priority, description=doc)
+        HEADS.add(
+            name, cls, competition_types=list(competition_types or []), priority=priority, description=doc
+        )
         cls.registry_name = name
         return cls
 
@@ -69,7 +71,9 @@ def head_description(name: str) -> str:
 def heads_for_competition(competition_type: str) -> list[str]:
     """Registered heads serving ``competition_type``, best (highest priority) first."""
     key = str(getattr(competition_type, "value", competition_type)).lower()
-    found = [(HEADS.meta(n)["priority"], n) for n in HEADS.names() if key in HEADS.meta(n)["competition_types"]]
+    found = [
+        (HEADS.meta(n)["priority"], n) for n in HEADS.names() if key in HEADS.meta(n)["competition_types"]
+    ]
     return [n for _, n in sorted(found, key=lambda t: (-t[0], t[1]))]
 
 
@@ -113,8 +117,12 @@ class BaseHead(nn.Module):
             config.output_size = self.default_output_size(config)
         self.pooler: Pooler | None = None
         if config.pooling_type != PoolingType.NONE.value:
-            self.pooler = Pooler(config.pooling_type, config.input_size, config.max_position_embeddings,
-                                 num_layers=int(config.extra.get("pooling_layers", 4)))
+            self.pooler = Pooler(
+                config.pooling_type,
+                config.input_size,
+                config.max_position_embeddings,
+                num_layers=int(config.extra.get("pooling_layers", 4)),
+            )
         # optional task attention / FFN over the token states (extra keys, see blocks.py); None by default
         self.token_blocks = blocks_from_extra(config.extra, config.input_size, config.dropout_prob)
         self.projection, self.projection_output_size = self._build_projection()
@@ -145,7 +153,11 @@ class BaseHead(nn.Module):
         if not layers and not sizes:
             return nn.Identity(), width
         for size in sizes:
-            layers += [nn.Linear(width, size), _ACTIVATIONS[self.config.activation](), nn.Dropout(self.config.dropout_prob)]
+            layers += [
+                nn.Linear(width, size),
+                _ACTIVATIONS[self.config.activation](),
+                nn.Dropout(self.config.dropout_prob),
+            ]
             width = size
         return nn.Sequential(*layers), width
 

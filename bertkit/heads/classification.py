@@ -65,7 +65,9 @@ class BinaryClassificationHead(BaseHead):
         self.register_buffer("threshold", torch.tensor(0.5))
 
     def _build_loss_function(self) -> None:
-        self.loss_type = check_choice("loss_type", self.config.loss_type or "bce", ("bce", "focal", "softmax"))
+        self.loss_type = check_choice(
+            "loss_type", self.config.loss_type or "bce", ("bce", "focal", "softmax")
+        )
 
     def _make_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.loss_type == "softmax":  # [B, 2]
@@ -83,7 +85,11 @@ class BinaryClassificationHead(BaseHead):
             w = _class_weight_tensor(self.config, 2)
             return F.cross_entropy(logits, targets.long(), weight=None if w is None else w.to(logits.device))
         y = targets.float().view_as(logits)
-        pw = None if self.config.pos_weight is None else torch.tensor(self.config.pos_weight, device=logits.device)
+        pw = (
+            None
+            if self.config.pos_weight is None
+            else torch.tensor(self.config.pos_weight, device=logits.device)
+        )
         if self.loss_type == "focal":
             return losses.focal_loss_binary(
                 logits, y, gamma=self.config.focal_gamma, alpha=self.config.focal_alpha, pos_weight=pw
@@ -156,10 +162,15 @@ class MulticlassClassificationHead(BaseHead):
         logits = outputs["logits"].float()
         w = self.class_weight if self.class_weight.numel() else None
         if targets.is_floating_point() and targets.dim() == 2:  # soft labels [B, C] (pseudo-labelling)
-            return F.cross_entropy(logits, targets.float(), weight=w, label_smoothing=self.config.label_smoothing)
+            return F.cross_entropy(
+                logits, targets.float(), weight=w, label_smoothing=self.config.label_smoothing
+            )
         if self.loss_type == "focal":
             return losses.focal_loss_multiclass(
-                logits, targets.long(), gamma=self.config.focal_gamma, class_weights=w,
+                logits,
+                targets.long(),
+                gamma=self.config.focal_gamma,
+                class_weights=w,
                 label_smoothing=self.config.label_smoothing,
             )
         return F.cross_entropy(logits, targets.long(), weight=w, label_smoothing=self.config.label_smoothing)
@@ -226,7 +237,11 @@ class MultilabelClassificationHead(BaseHead):
         pw = self.pos_weights if self.pos_weights.numel() else None
         if self.loss_type == "focal":
             return losses.focal_loss_binary(
-                logits, targets.float(), gamma=self.config.focal_gamma, alpha=self.config.focal_alpha, pos_weight=pw
+                logits,
+                targets.float(),
+                gamma=self.config.focal_gamma,
+                alpha=self.config.focal_alpha,
+                pos_weight=pw,
             )
         return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pw)
 
@@ -329,7 +344,11 @@ class HierarchicalClassificationHead(BaseHead):
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
-        return {"num_labels": 4, "label_names": ["a1", "a2", "b1", "b2"], "extra": {"parents": ["A", "A", "B", "B"]}}
+        return {
+            "num_labels": 4,
+            "label_names": ["a1", "a2", "b1", "b2"],
+            "extra": {"parents": ["A", "A", "B", "B"]},
+        }
 
     def _build_output_layer(self) -> None:
         parents = [str(p) for p in self.config.extra.get("parents", [])]

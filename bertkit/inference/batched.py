@@ -64,8 +64,12 @@ def predict_outputs(
         for key, value in out.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(idx):
                 value = value.detach().cpu()
-                chunks.setdefault(key, []).append(value.float().numpy() if value.is_floating_point() else value.numpy())
-    order = np.concatenate([np.asarray(i, dtype=np.int64) for i in batches]) if batches else np.zeros(0, np.int64)
+                chunks.setdefault(key, []).append(
+                    value.float().numpy() if value.is_floating_point() else value.numpy()
+                )
+    order = (
+        np.concatenate([np.asarray(i, dtype=np.int64) for i in batches]) if batches else np.zeros(0, np.int64)
+    )
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     outputs = {k: concat_outputs(v)[inverse] for k, v in chunks.items()}

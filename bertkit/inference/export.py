@@ -155,7 +155,7 @@ def _output_names(model: BertWithHead, graph: str, batch: dict[str, torch.Tensor
                 "pooler_output": enc.pooler_output,
             }
             return [k for k in ENCODER_OUTPUTS if found.get(k) is not None]
-        found = model(**batch)  # type: ignore[operator]  (torch stubs type nn.Module attributes loosely)
+        found = model(**batch)  # type: ignore[operator]  # torch stubs type nn.Module attributes loosely
     return [k for k, v in found.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n]
 
 

@@ -41,8 +41,13 @@ class Predictor:
         device: "auto", "cpu", "cuda" or "mps".
     """
 
-    def __init__(self, model: BertWithHead, batch_size: int = 64, device: str = "auto",
-                 postprocess: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: BertWithHead,
+        batch_size: int = 64,
+        device: str = "auto",
+        postprocess: dict[str, Any] | None = None,
+    ) -> None:
         if model.tokenizer is None:
             raise ConfigError("the model has no tokenizer; save it with one (create_bert_with_head adds it)")
         self.model = model.eval()
@@ -72,17 +77,32 @@ class Predictor:
         return self.model.head.label_names()
 
     # ------------------------------------------------------------ raw strings
-    def outputs(self, texts_a: list[str], texts_b: list[str] | None = None,
-                targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def outputs(
+        self, texts_a: list[str], texts_b: list[str] | None = None, targets: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Raw head outputs (numpy, input order) for lists of texts (pairs when ``texts_b`` is given)."""
-        features = tokenize_texts(self.model.tokenizer, texts_a, texts_b, max_length=self.max_length,
-                                  truncation=self.truncation if texts_b is None else "head")
+        features = tokenize_texts(
+            self.model.tokenizer,
+            texts_a,
+            texts_b,
+            max_length=self.max_length,
+            truncation=self.truncation if texts_b is None else "head",
+        )
         ds = TokenizedDataset(features, targets)
         if self.chunk_stride and texts_b is None:
-            out = chunked_outputs(self.model, texts_a, self.max_length, self.chunk_stride, self.chunk_aggregation,
-                                  self.batch_size, self.device)
+            out = chunked_outputs(
+                self.model,
+                texts_a,
+                self.max_length,
+                self.chunk_stride,
+                self.chunk_aggregation,
+                self.batch_size,
+                self.device,
+            )
             if targets is not None:
-                out["loss"] = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)["loss"]
+                out["loss"] = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)[
+                    "loss"
+                ]
         else:
             out = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)
         return apply_postprocess(self.postprocess, out)
@@ -116,25 +136,34 @@ class Predictor:
     # ----------------------------------------------------------------- frames
     def _profile(self) -> DatasetProfile:
         if self.profile is None:
-            raise ConfigError("this model was not trained from a data file, so columns are unknown; "
-                              "use predict()/predict_proba() with raw strings")
+            raise ConfigError(
+                "this model was not trained from a data file, so columns are unknown; "
+                "use predict()/predict_proba() with raw strings"
+            )
         return self.profile
 
-    def predict_frame(self, data: str | Path | pd.DataFrame, proba: bool = False,
-                      id_column: str | None = None) -> pd.DataFrame:
+    def predict_frame(
+        self, data: str | Path | pd.DataFrame, proba: bool = False, id_column: str | None = None
+    ) -> pd.DataFrame:
         """Submission-style frame in input order: id column + prediction column(s) (or probabilities)."""
         from bertkit.training.run import prediction_frame
 
         df = read_table(data)
         profile = self._profile()
-        prepared = prepare_frame(df, profile, require_labels=False, sep_token=self.model.tokenizer.sep_token or "[SEP]")
+        prepared = prepare_frame(
+            df, profile, require_labels=False, sep_token=self.model.tokenizer.sep_token or "[SEP]"
+        )
         out = self.outputs(prepared.texts_a, prepared.texts_b)
         id_col = id_column or (profile.id_column if profile.id_column in df.columns else None)
         if id_column and id_column not in df.columns:
-            raise DataError(f"id column '{id_column}' is not in the data; columns: {', '.join(map(str, df.columns))}")
+            raise DataError(
+                f"id column '{id_column}' is not in the data; columns: {', '.join(map(str, df.columns))}"
+            )
         ids = df[id_col].iloc[prepared.row_index].tolist() if id_col else None
         label_col = profile.label_columns[0] if len(profile.label_columns) == 1 else None
-        return prediction_frame(self.model, out, prepared.row_index, len(df), ids, id_col, label_col, proba=proba)
+        return prediction_frame(
+            self.model, out, prepared.row_index, len(df), ids, id_col, label_col, proba=proba
+        )
 
     def evaluate(self, data: str | Path | pd.DataFrame) -> dict[str, float]:
         """The head's metrics (and loss) on labelled data."""
@@ -142,8 +171,12 @@ class Predictor:
         profile = self._profile()
         missing = [c for c in profile.label_columns if c not in df.columns]
         if missing:
-            raise DataError(f"cannot evaluate: label column(s) {missing} missing; columns: {', '.join(map(str, df.columns))}")
-        prepared = prepare_frame(df, profile, require_labels=True, sep_token=self.model.tokenizer.sep_token or "[SEP]")
+            raise DataError(
+                f"cannot evaluate: label column(s) {missing} missing; columns: {', '.join(map(str, df.columns))}"
+            )
+        prepared = prepare_frame(
+            df, profile, require_labels=True, sep_token=self.model.tokenizer.sep_token or "[SEP]"
+        )
         out = self.outputs(prepared.texts_a, prepared.texts_b, prepared.targets)
         metrics = {"loss": float(out.pop("loss"))} if "loss" in out else {}
         metrics.update(self.model.head.compute_metrics(out, np.asarray(prepared.targets)))
@@ -160,8 +193,9 @@ def load_predictor(path: str | Path, **kwargs: Any) -> Predictor:
     return Predictor.from_dir(path, **kwargs)
 
 
-def predict(model_dir: str | Path, data: str | Path | pd.DataFrame, proba: bool = False,
-            id_column: str | None = None) -> pd.DataFrame:
+def predict(
+    model_dir: str | Path, data: str | Path | pd.DataFrame, proba: bool = False, id_column: str | None = None
+) -> pd.DataFrame:
     """Predictions for a data file/DataFrame as a submission-style frame (labels, or probabilities)."""
     return load_predictor(model_dir).predict_frame(data, proba=proba, id_column=id_column)
 

@@ -274,9 +274,9 @@ class TokenPipeline(TaskPipeline):
         lengths = (
             [
                 len(ids) + 2
-                for ids in tokenizer([" ".join(d.tokens) for d in items], add_special_tokens=False)[
-                    "input_ids"
-                ]
+                for ids in tokenizer(
+                    [" ".join(d.tokens) for d in items], add_special_tokens=False, verbose=False
+                )["input_ids"]
             ]
             if items
             else []

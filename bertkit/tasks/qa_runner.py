@@ -215,7 +215,9 @@ class QAPipeline(TaskPipeline):
         def tok(texts: Sequence[str]) -> list[int]:
             if not texts:
                 return []
-            return [len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+            return [
+                len(x) for x in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+            ]
 
         answers = [a["text"] for ex in items for a in ex.answers]
         ctx_len, q_len = tok(contexts), tok([ex.question for ex in items])

@@ -212,7 +212,9 @@ class RelationPipeline(TaskPipeline):
         for m in ("<e1>", "</e1>", "<e2>", "</e2>"):
             plain = [t.replace(m, " ") for t in plain]
         lengths = (
-            [len(x) + 6 for x in tokenizer(plain, add_special_tokens=False)["input_ids"]] if plain else []
+            [len(x) + 6 for x in tokenizer(plain, add_special_tokens=False, verbose=False)["input_ids"]]
+            if plain
+            else []
         )
         gaps = []
         for ex in items:

@@ -38,7 +38,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[Any, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -124,7 +126,9 @@ def load_checkpoint(
     if not (folder / "trainer_state.json").is_file():
         raise ModelFolderError(f"{folder} is not a bertkit checkpoint (no trainer_state.json)")
     load_safetensors_into(model, folder / "model.safetensors")
-    _restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), read_json(folder / "optimizer.json"))
+    _restore_optimizer(
+        optimizer, load_file(str(folder / "optimizer.safetensors")), read_json(folder / "optimizer.json")
+    )
     state = read_json(folder / "trainer_state.json")
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(str(folder / "rng.safetensors")), state["rng"])

@@ -31,7 +31,9 @@ from bertkit.training.trainer import Trainer
 logger = logging.getLogger(__name__)
 
 
-def make_folds(df: pd.DataFrame, profile: DatasetProfile, k: int, seed: int, group_column: str | None = None) -> np.ndarray:
+def make_folds(
+    df: pd.DataFrame, profile: DatasetProfile, k: int, seed: int, group_column: str | None = None
+) -> np.ndarray:
     """Fold index (0..k-1) for every row."""
     from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
@@ -43,10 +45,14 @@ def make_folds(df: pd.DataFrame, profile: DatasetProfile, k: int, seed: int, gro
     idx = np.arange(len(df))
     if group_column:
         if group_column not in df.columns:
-            raise DataError(f"group column '{group_column}' is not in the data; columns: {', '.join(map(str, df.columns))}")
+            raise DataError(
+                f"group column '{group_column}' is not in the data; columns: {', '.join(map(str, df.columns))}"
+            )
         groups = df[group_column].astype(str).values
         if len(set(groups)) < k:
-            raise DataError(f"group column '{group_column}' has {len(set(groups))} groups, fewer than {k} folds")
+            raise DataError(
+                f"group column '{group_column}' has {len(set(groups))} groups, fewer than {k} folds"
+            )
         splits = GroupKFold(n_splits=k).split(idx, groups=groups)
     elif profile.task in ("binary", "multiclass", "ordinal"):
         y = df[profile.label_columns[0]].astype(str).values
@@ -109,7 +115,9 @@ def cross_validate(
     if n is not None and n < len(df):
         order = np.random.default_rng(fold_seed).permutation(len(df))[:n]
         df = df.iloc[np.sort(order)].reset_index(drop=True)
-    profile = profile_for(df, cfg, tokenizer, str(data) if not isinstance(data, pd.DataFrame) else "<DataFrame>")
+    profile = profile_for(
+        df, cfg, tokenizer, str(data) if not isinstance(data, pd.DataFrame) else "<DataFrame>"
+    )
     group_column = group_column or cfg.data.group_column
     fold_of = make_folds(df, profile, folds, fold_seed, group_column)
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
@@ -138,11 +146,20 @@ def cross_validate(
         result = trainer.train(train_ds, valid_ds)
         finish_soup(trainer, valid_ds)
         if fold_cfg.training.chunk_stride:  # sliding windows over long texts (chunks.py)
-            metrics, outputs = chunked_evaluate(trainer, valid_df.iloc[rows], profile, fold_cfg, np.asarray(valid_ds.targets))
+            metrics, outputs = chunked_evaluate(
+                trainer, valid_df.iloc[rows], profile, fold_cfg, np.asarray(valid_ds.targets)
+            )
         else:
             metrics, outputs = trainer.evaluate(valid_ds)
-        fold_metrics.append({"fold": fold, "rows": len(valid_ds), "train_seconds": round(result.train_seconds, 3),
-                             "train_samples_per_second": round(result.train_samples_per_second, 3), **metrics})
+        fold_metrics.append(
+            {
+                "fold": fold,
+                "rows": len(valid_ds),
+                "train_seconds": round(result.train_seconds, 3),
+                "train_samples_per_second": round(result.train_samples_per_second, 3),
+                **metrics,
+            }
+        )
         positions = np.flatnonzero(valid_mask)[rows]
         oof_rows.append(positions)
         oof_targets.append(np.asarray(valid_ds.targets))
@@ -168,10 +185,18 @@ def cross_validate(
     if cfg.training.postprocess:  # cross-fitted: fold k's rows use parameters fitted on the other folds
         merged, post_report, post_params = postprocess_cv(out, model, merged, targets, fold_of[order], folds)
     per_fold = pd.DataFrame(fold_metrics)
-    summary = {c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
-               for c in per_fold.columns if c not in ("fold", "rows") and pd.api.types.is_numeric_dtype(per_fold[c])}
-    metrics_out = {"oof": oof_metrics, "folds": fold_metrics, "fold_summary": summary, "num_folds": folds,
-                   "train_seconds": float(per_fold["train_seconds"].sum())}
+    summary = {
+        c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
+        for c in per_fold.columns
+        if c not in ("fold", "rows") and pd.api.types.is_numeric_dtype(per_fold[c])
+    }
+    metrics_out = {
+        "oof": oof_metrics,
+        "folds": fold_metrics,
+        "fold_summary": summary,
+        "num_folds": folds,
+        "train_seconds": float(per_fold["train_seconds"].sum()),
+    }
     if post_params:
         metrics_out["postprocessing"] = post_report
     # oof.csv: same row order and ids as the input, with the fold and the prediction columns
@@ -187,12 +212,17 @@ def cross_validate(
     write_with_atomic(out / "oof.csv", lambda p: oof.to_csv(p, index=False))
     if test_df is not None and test_sum:
         test_out = apply_postprocess(post_params, _finish_average(model, test_sum))
-        test_ds, test_rows, test_ids = make_dataset(test_df, profile, tokenizer, fold_cfg, require_labels=False)
-        sub = prediction_frame(model, test_out, test_rows, len(test_df), test_ids, profile.id_column, label_col)
+        test_ds, test_rows, test_ids = make_dataset(
+            test_df, profile, tokenizer, fold_cfg, require_labels=False
+        )
+        sub = prediction_frame(
+            model, test_out, test_rows, len(test_df), test_ids, profile.id_column, label_col
+        )
         write_with_atomic(out / "test_predictions.csv", lambda p: sub.to_csv(p, index=False))
         if "probabilities" in test_out:  # for blending (bertkit blend)
-            probs = prediction_frame(model, test_out, test_rows, len(test_df), test_ids, profile.id_column, None,
-                                     proba=True)
+            probs = prediction_frame(
+                model, test_out, test_rows, len(test_df), test_ids, profile.id_column, None, proba=True
+            )
             write_with_atomic(out / "test_probabilities.csv", lambda p: probs.to_csv(p, index=False))
     write_json_atomic(out / "metrics.json", metrics_out)
     return metrics_out

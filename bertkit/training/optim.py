@@ -68,11 +68,15 @@ def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
 class WarmupSchedule(torch.optim.lr_scheduler.LambdaLR):
     """Warmup then linear/cosine decay (or constant); its state is plain numbers (JSON-able)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str
+    ) -> None:
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.kind = kind
-        super().__init__(optimizer, lambda s: schedule_factor(s, self.total_steps, self.warmup_steps, self.kind))
+        super().__init__(
+            optimizer, lambda s: schedule_factor(s, self.total_steps, self.warmup_steps, self.kind)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -54,7 +54,9 @@ def profile_for(df: pd.DataFrame, cfg: RunConfig, tokenizer: Any, source: str) -
     return profile
 
 
-def select_rows(df: pd.DataFrame, cfg: RunConfig, profile: DatasetProfile, has_valid: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def select_rows(
+    df: pd.DataFrame, cfg: RunConfig, profile: DatasetProfile, has_valid: bool
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Training rows (the first N after a seeded shuffle) and, without a validation file, validation rows.
 
     Validation comes from the rows left over (up to ``valid_fraction`` of the data); when none are left, a
@@ -88,18 +90,30 @@ def make_dataset(
 ) -> tuple[TokenizedDataset, np.ndarray, list | None]:
     """Prepare texts/targets and tokenize them; returns (dataset, kept row positions, ids)."""
     prepared = prepare_frame(
-        df, profile, require_labels=require_labels, strict=cfg.data.strict, sep_token=tokenizer.sep_token or "[SEP]"
+        df,
+        profile,
+        require_labels=require_labels,
+        strict=cfg.data.strict,
+        sep_token=tokenizer.sep_token or "[SEP]",
     )
     if cfg.data.cache_dir:  # memory-mapped token cache; same len/lengths/targets/__getitem__ contract
         from bertkit.data.cache import cached_dataset_from_texts
 
         cached = cached_dataset_from_texts(
-            prepared.texts_a, prepared.texts_b, prepared.targets, tokenizer, cfg.data.cache_dir,
-            max_length=cfg.training.max_length, truncation=cfg.training.truncation,
+            prepared.texts_a,
+            prepared.texts_b,
+            prepared.targets,
+            tokenizer,
+            cfg.data.cache_dir,
+            max_length=cfg.training.max_length,
+            truncation=cfg.training.truncation,
         )
         return cast(TokenizedDataset, cached), prepared.row_index, prepared.ids
     features = tokenize_texts(
-        tokenizer, prepared.texts_a, prepared.texts_b, max_length=cfg.training.max_length,
+        tokenizer,
+        prepared.texts_a,
+        prepared.texts_b,
+        max_length=cfg.training.max_length,
         truncation=cfg.training.truncation,
     )
     return TokenizedDataset(features, prepared.targets), prepared.row_index, prepared.ids
@@ -125,13 +139,21 @@ def build_model(profile: DatasetProfile, cfg: RunConfig, tokenizer: Any) -> Bert
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             bert_config.setdefault(key, cfg.model.regression_dropout)
     model = create_bert_with_head(
-        head_type=head, num_labels=num_labels, label_names=label_names,
+        head_type=head,
+        num_labels=num_labels,
+        label_names=label_names,
         bert_name=cfg.model.backbone if not bert_config.get("model_name_or_path") else None,
-        bert_config=bert_config or None, pooling_type=pooling, tokenizer=tokenizer,
+        bert_config=bert_config or None,
+        pooling_type=pooling,
+        tokenizer=tokenizer,
         freeze_bert_layers=cfg.model.freeze_bert_layers,
-        metadata={"data": profile.to_dict(), "max_length": cfg.training.max_length,
-                  "truncation": cfg.training.truncation, "chunk_stride": cfg.training.chunk_stride,
-                  "chunk_aggregation": cfg.training.chunk_aggregation},
+        metadata={
+            "data": profile.to_dict(),
+            "max_length": cfg.training.max_length,
+            "truncation": cfg.training.truncation,
+            "chunk_stride": cfg.training.chunk_stride,
+            "chunk_aggregation": cfg.training.chunk_aggregation,
+        },
         **opts,
     )
     if cfg.training.reinit_layers:
@@ -147,8 +169,14 @@ def split_outputs_for_report(model: BertWithHead, outputs: dict[str, np.ndarray]
 
 
 def prediction_frame(
-    model: BertWithHead, outputs: dict[str, np.ndarray], row_index: np.ndarray, n_rows: int,
-    ids: list | None, id_column: str | None, label_column: str | None, proba: bool = False,
+    model: BertWithHead,
+    outputs: dict[str, np.ndarray],
+    row_index: np.ndarray,
+    n_rows: int,
+    ids: list | None,
+    id_column: str | None,
+    label_column: str | None,
+    proba: bool = False,
 ) -> pd.DataFrame:
     """A submission-style frame in input order: id column (when known) + prediction column(s)."""
     cols = model.head.format_predictions(outputs, proba=proba)
@@ -224,7 +252,8 @@ def train_run(
         windows = cfg.training.chunk_stride > 0  # sliding-window inference over long texts (chunks.py)
         if has_labels:
             split_metrics, outputs = (
-                chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, np.asarray(ds.targets)) if windows
+                chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, np.asarray(ds.targets))
+                if windows
                 else trainer.evaluate(ds)
             )
             if post:
@@ -235,10 +264,21 @@ def train_run(
                 metrics["test"] = split_metrics
             report_data = {"y_true": ds.targets, **split_outputs_for_report(model, outputs)}
         else:
-            raw_out = chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, None)[1] if windows else trainer.predict(ds)
+            raw_out = (
+                chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, None)[1]
+                if windows
+                else trainer.predict(ds)
+            )
             outputs = apply_postprocess(post, raw_out)
-        pred = prediction_frame(model, outputs, rows, len(frame), ids, profile.id_column,
-                                profile.label_columns[0] if len(profile.label_columns) == 1 else None)
+        pred = prediction_frame(
+            model,
+            outputs,
+            rows,
+            len(frame),
+            ids,
+            profile.id_column,
+            profile.label_columns[0] if len(profile.label_columns) == 1 else None,
+        )
         if main:
             write_with_atomic(out / f"{split}_predictions.csv", lambda p, f=pred: f.to_csv(p, index=False))
     if main:
@@ -248,16 +288,27 @@ def train_run(
     return RunResult(out, metrics, profile, model, result)
 
 
-def _write_report(out: Path, model: BertWithHead, metrics: dict, cfg: RunConfig, history: pd.DataFrame,
-                  report_data: dict[str, Any]) -> None:
+def _write_report(
+    out: Path,
+    model: BertWithHead,
+    metrics: dict,
+    cfg: RunConfig,
+    history: pd.DataFrame,
+    report_data: dict[str, Any],
+) -> None:
     from bertkit.reports import build_run_report
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             build_run_report(
-                out, task=model.head.task, metrics={k: v for k, v in metrics.items() if isinstance(v, dict)},
-                config=cfg.to_dict(), history=history, label_names=model.head.label_names(), **report_data,
+                out,
+                task=model.head.task,
+                metrics={k: v for k, v in metrics.items() if isinstance(v, dict)},
+                config=cfg.to_dict(),
+                history=history,
+                label_names=model.head.label_names(),
+                **report_data,
             )
     except Exception as exc:  # a report must never lose a finished run
         logger.warning("report could not be written: %s", exc)

@@ -120,8 +120,10 @@ class Trainer:
         name = self.config.metric_for_best_model or name
         greater = self.config.greater_is_better
         if greater is None:
-            greater = mode == "max" if name == self.model.head.primary_metric()[0] else name not in (
-                "loss", "rmse", "mse", "mae", "log_loss", "hamming_loss", "ece"
+            greater = (
+                mode == "max"
+                if name == self.model.head.primary_metric()[0]
+                else name not in ("loss", "rmse", "mse", "mae", "log_loss", "hamming_loss", "ece")
             )
         return name, bool(greater)
 
@@ -163,8 +165,12 @@ class Trainer:
     def predict(self, dataset: TokenizedDataset, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Outputs over ``dataset`` in its original order (length-sorted batches inside), plus ``loss``."""
         return predict_outputs(
-            self.model, dataset, self.collator, batch_size or self.config.eval_batch_size,
-            self.accelerator.device, self.accelerator.autocast,
+            self.model,
+            dataset,
+            self.collator,
+            batch_size or self.config.eval_batch_size,
+            self.accelerator.device,
+            self.accelerator.autocast,
         )
 
     def evaluate(self, dataset: TokenizedDataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -219,11 +225,21 @@ class Trainer:
             model = torch.compile(model)
         metric_name, greater = self._metric_direction()
         state: dict[str, Any] = {
-            "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None,
-            "bad_evals": 0, "history": [], "samples_seen": 0, "tokens_seen": 0, "train_seconds": 0.0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "global_step": 0,
+            "best_metric": None,
+            "best_step": None,
+            "bad_evals": 0,
+            "history": [],
+            "samples_seen": 0,
+            "tokens_seen": 0,
+            "train_seconds": 0.0,
         }
         # 3. resume
-        ckpt = latest_checkpoint(self.output_dir) if resume_from == "auto" and self.output_dir else resume_from
+        ckpt = (
+            latest_checkpoint(self.output_dir) if resume_from == "auto" and self.output_dir else resume_from
+        )
         if ckpt:
             state.update(load_checkpoint(ckpt, raw, optimizer, scheduler))
             logger.info("resumed from %s at step %d", ckpt, state["global_step"])
@@ -270,9 +286,12 @@ class Trainer:
                     # 5. logging, evaluation, checkpoints, early stopping
                     if step % cfg.log_every == 0 or step == total_steps:
                         state["history"].append(
-                            {"step": step, "epoch": epoch + b / batches_per_epoch,
-                             "train_loss": self._mean_over_processes(running_loss / max(running_n, 1)),
-                             "lr": scheduler.get_last_lr()[-1]}
+                            {
+                                "step": step,
+                                "epoch": epoch + b / batches_per_epoch,
+                                "train_loss": self._mean_over_processes(running_loss / max(running_n, 1)),
+                                "lr": scheduler.get_last_lr()[-1],
+                            }
                         )
                         running_loss, running_n = 0.0, 0
                     end_of_epoch = b + 1 == len(epoch_batches)
@@ -284,10 +303,16 @@ class Trainer:
                     state["train_seconds"] += time.perf_counter() - tic
                     if do_eval:
                         with all_eval_weights(self.tricks, raw):
-                            last_val, stop = self._evaluate_and_track(val_dataset, state, metric_name, greater)
+                            last_val, stop = self._evaluate_and_track(
+                                val_dataset, state, metric_name, greater
+                            )
                     progress.set_postfix(
                         loss=f"{float(loss.detach()):.4f}",
-                        **({f"val_{metric_name}": f"{last_val[metric_name]:.4f}"} if metric_name in last_val else {}),
+                        **(
+                            {f"val_{metric_name}": f"{last_val[metric_name]:.4f}"}
+                            if metric_name in last_val
+                            else {}
+                        ),
                         samples_per_s=f"{state['samples_seen'] / max(state['train_seconds'], 1e-9):.1f}",
                         refresh=False,
                     )
@@ -327,11 +352,16 @@ class Trainer:
         acc.wait_for_everyone()  # every process returns once the model folder is complete
         secs = max(state["train_seconds"], 1e-9)
         return TrainResult(
-            best_metric=state["best_metric"], best_step=state["best_step"], metric_name=metric_name,
-            val_metrics=last_val, history=pd.DataFrame(state["history"]), train_seconds=state["train_seconds"],
+            best_metric=state["best_metric"],
+            best_step=state["best_step"],
+            metric_name=metric_name,
+            val_metrics=last_val,
+            history=pd.DataFrame(state["history"]),
+            train_seconds=state["train_seconds"],
             train_samples_per_second=state["samples_seen"] * acc.num_processes / secs,
             train_tokens_per_second=state["tokens_seen"] * acc.num_processes / secs,
-            global_step=state["global_step"], postprocessing=post,
+            global_step=state["global_step"],
+            postprocessing=post,
         )
 
     def _evaluate_and_track(
@@ -339,10 +369,14 @@ class Trainer:
     ) -> tuple[dict[str, float], bool]:
         metrics, _ = self.evaluate(val_dataset)
         step = state["global_step"]
-        state["history"].append({"step": step, "epoch": state["epoch"], **{f"val_{k}": v for k, v in metrics.items()}})
+        state["history"].append(
+            {"step": step, "epoch": state["epoch"], **{f"val_{k}": v for k, v in metrics.items()}}
+        )
         value = metrics.get(metric_name)
         if value is None:
-            raise ConfigError(f"metric_for_best_model='{metric_name}' is not computed; available: {sorted(metrics)}")
+            raise ConfigError(
+                f"metric_for_best_model='{metric_name}' is not computed; available: {sorted(metrics)}"
+            )
         best = state["best_metric"]
         improved = best is None or (value > best if greater else value < best)
         if improved and not (isinstance(value, float) and math.isnan(value)):
@@ -350,7 +384,9 @@ class Trainer:
             if self.output_dir and self.is_main:
                 self.model.save_pretrained(self.output_dir / "model")
             else:
-                state["_best_weights"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                state["_best_weights"] = {
+                    k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                }
         else:
             state["bad_evals"] += 1
         self._write_history(state)
@@ -400,8 +436,14 @@ class Trainer:
     def _progress(self, total: int, initial: int) -> Any:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, disable=not (self.config.progress and self.is_main),
-                    desc="train", unit="step", dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=initial,
+            disable=not (self.config.progress and self.is_main),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
 
 def _in_main_thread() -> bool:
