@@ -54,11 +54,6 @@ INT8_RECIPES: dict[str, Int8Recipe] = {
     "per_channel_reduce_range": Int8Recipe(
         op_types=_MM_ATT, reduce_range=True, description="per-channel, 7-bit weights, MatMul+Attention"
     ),
-    "per_channel_keep_head": Int8Recipe(
-        op_types=_MM_ATT,
-        keep_fp32=_HEAD_NODES,
-        description="per-channel, MatMul+Attention; head and pooler in fp32",
-    ),
     "per_channel_keep_ffn_out": Int8Recipe(
         op_types=_MM_ATT,
         keep_fp32=_HEAD_NODES + _FFN_OUT_NODES,
@@ -82,7 +77,7 @@ INT8_RECIPES: dict[str, Int8Recipe] = {
         description="per-channel MatMuls (FFN, projections); attention and head in fp32",
     ),
 }
-DEFAULT_INT8_RECIPE = "per_channel_reduce_range_keep_ffn_out"
+DEFAULT_INT8_RECIPE = "per_channel"
 
 
 def optimize_graph(src: Path, dst: Path, model: Any) -> dict[str, int] | None:
