@@ -14,7 +14,7 @@ bertkit runs go through the same runner functions as the CLI (``bertkit.runners.
 Both sides use the same optimiser settings (AdamW, linear schedule, 10% warmup, weight decay 0.01) and the
 final model (no checkpoint selection). Writes a JSON file and prints a table.
 
-Smoke version (about a minute per task on a free CPU)::
+Smoke version (a few minutes per task on a free 2-core CPU; too few steps for the scores to mean much)::
 
     python bench/bench_token_tasks.py --smoke
 
@@ -418,7 +418,7 @@ def bench_span(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     test.write_text(
         "\n".join(json.dumps(r) for r in nested_examples(max(30, args.span_rows // 4), args.seed + 1)) + "\n"
     )
-    cfg = bertkit_cfg(args, "span", args.span_epochs, 16, 1e-4, 64, None, {"max_span_len": 6})
+    cfg = bertkit_cfg(args, "span", args.span_epochs, 16, 2e-4, 64, None, {"max_span_len": 6})
     m = run_bertkit("ner", train, work / "span_nested", cfg, test, test)
     res: dict[str, Any] = {"constructed": {"train_rows": args.span_rows, "epochs": args.span_epochs,
                                            **{k: v for k, v in m.items() if not k.endswith("_support")}}}  # fmt: skip
@@ -469,19 +469,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--re-eval-rows", type=int, default=None)
     p.add_argument("--re-epochs", type=float, default=2)
     p.add_argument("--span-rows", type=int, default=600)
-    p.add_argument("--span-epochs", type=float, default=4)
+    p.add_argument("--span-epochs", type=float, default=6)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "token_tasks.json"))
     args = p.parse_args(argv)
     if args.smoke:
         args.ner_train_rows, args.ner_eval_rows, args.qa_train_rows, args.qa_eval_rows = 300, 300, 100, 60
         args.qa_epochs = 1
-        args.re_train_rows, args.re_eval_rows, args.re_epochs, args.span_rows, args.span_epochs = (
-            400,
-            300,
-            1,
-            150,
-            3,
-        )
+        args.re_train_rows, args.re_eval_rows, args.re_epochs = 400, 300, 1
+        args.span_rows, args.span_epochs = 150, 8
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"args": vars(args), "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -112,4 +112,9 @@ def runner_for_model(model_dir: str | Path) -> TaskRunner:
 
     folder = check_model_folder(model_dir)
     name = read_json(folder / METADATA_FILE).get("runner", "sequence")
+    if name != "sequence" and (folder / "export.json").is_file():
+        raise ConfigError(
+            f"{folder} is an ONNX export of a '{name}' model; predict/evaluate on export folders covers "
+            "sequence-level tasks (the ONNX predictor and `bertkit serve` run any head): use the run folder"
+        )
     return runner_by_name(name)

@@ -54,8 +54,9 @@ def shared_data(name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def tokenizer() -> Any:
+    """A fresh bundled tokenizer per test (models for decoder-only backbones switch it to left padding)."""
     from bertkit import load_tokenizer
 
     return load_tokenizer("minilm")

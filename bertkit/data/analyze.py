@@ -401,9 +401,7 @@ def _infer_task(df: pd.DataFrame, prof: DatasetProfile, task: str | None, notes:
     prof.label_names = uniq
     if num is not None:
         ints = sorted({int(v) for v in num})
-        consecutive = (
-            ints[0] in (0, 1) and 3 <= len(ints) <= 10 and ints[-1] - ints[0] + 1 == len(ints)
-        )
+        consecutive = ints[0] in (0, 1) and 3 <= len(ints) <= 10 and ints[-1] - ints[0] + 1 == len(ints)
         name_hint = any(h in col.lower() for h in ORDINAL_NAME_HINTS)
         tail = "/".join(Path(prof.source).parts[-2:]).lower()
         source_hint = any(h in tail for h in ORDINAL_SOURCE_HINTS) and len(vals) >= 1000
