@@ -54,12 +54,18 @@ def shared_data(name: str) -> Path:
     return path
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def tokenizer() -> Any:
-    """A fresh bundled tokenizer per test (models for decoder-only backbones switch it to left padding)."""
+    """The bundled tokenizer, shared by the whole session (see ``_right_padding``)."""
     from bertkit import load_tokenizer
 
     return load_tokenizer("minilm")
+
+
+@pytest.fixture(autouse=True)
+def _right_padding(tokenizer: Any) -> None:
+    """Models for decoder-only backbones switch their tokenizer to left padding; start each test from right."""
+    tokenizer.padding_side = "right"
 
 
 @pytest.fixture()

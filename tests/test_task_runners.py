@@ -26,9 +26,11 @@ def fast(max_length: int = 32, epochs: int = 2) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    """A tiny random BERT saved as a Hugging Face folder (config + safetensors + tokenizer)."""
-    from bertkit import create_bert_core
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT saved as a Hugging Face folder (config + safetensors + the bundled tokenizer)."""
+    from bertkit import create_bert_core, load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_bert")
