@@ -135,7 +135,7 @@ def test_fusion_modules() -> None:
     torch.manual_seed(0)
     s, p = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     att = AttentionFusion(8, dim=4)
-    out = att(s, p)
+    out = att(s, p).detach()
     lam = (out - p) / (s - p)  # a convex combination per token: one weight for every dimension
     assert out.shape == s.shape and torch.allclose(lam, lam[..., :1].expand_as(lam), atol=1e-4)
     assert float(lam.min()) >= -1e-5 and float(lam.max()) <= 1 + 1e-5
@@ -145,8 +145,8 @@ def test_fusion_modules() -> None:
     assert ConcatFusion()(s, p).shape == (2, 3, 16)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     cross = CrossLevelAttention(8, heads=2)
-    assert float(cross(s, p, mask)[0, 2].abs().sum()) == 0.0  # padded positions stay zero
-    assert torch.equal(FeatureAdapter(8, 2)(s), s)  # starts as the identity
+    assert float(cross(s, p, mask)[0, 2].detach().abs().sum()) == 0.0  # padded positions stay zero
+    assert torch.equal(FeatureAdapter(8, 2)(s).detach(), s)  # starts as the identity
 
 
 def test_concat_fusion_heads_read_twice_the_width(tokenizer) -> None:
