@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from bertkit.config import HeadConfig
-from bertkit.data import DatasetProfile, TokenizedDataset, tokenize_texts
+from bertkit.data import DatasetProfile
 from bertkit.data.tokenize import Collator
 from bertkit.errors import ConfigError, ModelFolderError
 from bertkit.heads import BaseHead, create_head
-from bertkit.inference.batched import predict_outputs
 from bertkit.inference.predictor import Predictor
 from bertkit.persistence import METADATA_FILE, load_safetensors_into, read_json
 
@@ -290,37 +289,7 @@ class OnnxPredictor(Predictor):
         kwargs.pop("postprocess", None)  # read from the folder itself
         return cls(path, **kwargs)
 
-    def outputs(
-        self, texts_a: list[str], texts_b: list[str] | None = None, targets: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
-        """Raw head outputs (numpy, input order) for lists of texts; ``loss`` too when targets are given."""
-        from bertkit.training.chunks import chunked_outputs
-        from bertkit.training.postprocess import apply_postprocess
-
-        features = tokenize_texts(
-            self.model.tokenizer,
-            texts_a,
-            texts_b,
-            max_length=self.max_length,
-            truncation=self.truncation if texts_b is None else "head",
-        )
-        dataset = TokenizedDataset(features, targets)
-        if self.chunk_stride and texts_b is None:
-            out = chunked_outputs(
-                self.module,
-                texts_a,
-                self.max_length,
-                self.chunk_stride,
-                self.chunk_aggregation,
-                self.batch_size,
-                self.device,
-            )
-            if targets is not None:
-                out["loss"] = self.dataset_outputs(dataset)["loss"]
-        else:
-            out = self.dataset_outputs(dataset)
-        return apply_postprocess(self.postprocess, out)
-
-    def dataset_outputs(self, dataset: Any) -> dict[str, np.ndarray]:
-        """Outputs over a tokenized dataset with length-sorted batches, returned in input order."""
-        return predict_outputs(self.module, dataset, self.collator, self.batch_size, self.device)
+    @property
+    def forward_module(self) -> Any:
+        """ONNX Runtime graph + the head's own decoding, behind the PyTorch module interface."""
+        return self.module

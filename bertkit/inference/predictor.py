@@ -91,7 +91,7 @@ class Predictor:
         ds = TokenizedDataset(features, targets)
         if self.chunk_stride and texts_b is None:
             out = chunked_outputs(
-                self.model,
+                self.forward_module,
                 texts_a,
                 self.max_length,
                 self.chunk_stride,
@@ -100,12 +100,19 @@ class Predictor:
                 self.device,
             )
             if targets is not None:
-                out["loss"] = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)[
-                    "loss"
-                ]
+                out["loss"] = self.dataset_outputs(ds)["loss"]
         else:
-            out = predict_outputs(self.model, ds, self.collator, self.batch_size, self.device)
+            out = self.dataset_outputs(ds)
         return apply_postprocess(self.postprocess, out)
+
+    @property
+    def forward_module(self) -> Any:
+        """The module that maps a padded batch to head outputs (the PyTorch model here)."""
+        return self.model
+
+    def dataset_outputs(self, dataset: Any) -> dict[str, np.ndarray]:
+        """Outputs over a tokenized dataset with length-sorted batches, returned in input order."""
+        return predict_outputs(self.forward_module, dataset, self.collator, self.batch_size, self.device)
 
     def _split(self, texts: list[Any]) -> tuple[list[str], list[str] | None]:
         if isinstance(texts, str):

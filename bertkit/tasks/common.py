@@ -10,6 +10,7 @@ sequence pipeline's Trainer, run-folder files and reports. This module imports n
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ class TaskCollator:
 
 
 # ------------------------------------------------------------------------------------------ pipeline
-class TaskPipeline:
+class TaskPipeline(ABC):
     """One task family's data handling; the drivers in :mod:`bertkit.tasks.driver` do the rest.
 
     Subclasses set ``runner`` (saved in ``model_metadata.json``), ``collate_mode``, ``label_keys``,
@@ -207,43 +208,43 @@ class TaskPipeline:
         return cls(dict(model.head.config.extra), int(model.metadata.get("max_length", 128)))
 
     # to implement ------------------------------------------------------------------------------------
+    @abstractmethod
     def read(self, path: str | Path) -> list[Any]:
         """Read a data file into items (raises one-line DataErrors)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def is_labelled(self, items: Sequence[Any]) -> bool:
         """Whether every item has gold annotations."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, cfg: RunConfig, tokenizer: Any, train: Sequence[Any], valid: Sequence[Any]) -> Any:
         """The model for these training items (labels from train + valid)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dataset(self, model: Any, items: Sequence[Any], labelled: bool) -> TaskDataset:
         """Tokenized rows for ``items``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, model: Any, ds: TaskDataset, outputs: dict[str, np.ndarray]) -> list[Any]:
         """One prediction per item from the model outputs over ``ds`` rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, model: Any, items: Sequence[Any], preds: Sequence[Any]) -> dict[str, float]:
         """Metrics of item-level predictions against the items' gold annotations."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write(
         self, path: Path, items: Sequence[Any], preds: Sequence[Any], proba: bool = False
     ) -> list[Path]:
         """Write predictions in the input's own format; returns the written files."""
-        raise NotImplementedError
 
+    @abstractmethod
     def combine(self, model: Any, fold_preds: list[list[Any]]) -> list[Any]:
         """Merge several models' predictions for the same items (cross-validation test predictions)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def profile(self, items: Sequence[Any], tokenizer: Any, source: str) -> TaskProfile:
         """``bertkit analyze`` statistics."""
-        raise NotImplementedError
 
     # optional ----------------------------------------------------------------------------------------
     def read_for_analysis(self, path: str | Path) -> list[Any]:
