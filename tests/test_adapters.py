@@ -217,21 +217,32 @@ def _has_bnb() -> bool:
     return True
 
 
-def test_gradient_checkpointing_switch(tokenizer, batch) -> None:
-    torch.manual_seed(0)
-    model = create_multi_task_model(
-        TASKS,
-        bert_name=None,
-        bert_config=tiny_bert_config("bert"),
-        adapters={"strategy": "s2"},
-        tokenizer=tokenizer,
-        gradient_checkpointing=True,
-    )
-    assert model.bert.model.get_base_model().is_gradient_checkpointing
-    _perturb(model)
-    model.train()
-    model(**batch, task_name="sentiment", labels=torch.tensor([0, 1]))["loss"].backward()
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p, _ in model.strategy._lora_params)
+@pytest.mark.parametrize(
+    "adapters", [{"strategy": "s2"}, {"strategy": "s3a", "fusion": "gated"}, {"strategy": "s3b"}], ids=str
+)
+def test_gradient_checkpointing_switch(tokenizer, batch, adapters) -> None:
+    """Recomputation in backward sees the adapters active in the forward: same gradients as without it."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = create_multi_task_model(
+            TASKS,
+            bert_name=None,
+            bert_config={**tiny_bert_config("bert"), "hidden_size": 48, "hidden_dropout_prob": 0.0},
+            adapters=adapters,
+            tokenizer=tokenizer,
+            gradient_checkpointing=checkpointing,
+        )
+        assert model.bert.model.get_base_model().is_gradient_checkpointing is checkpointing
+        _perturb(model)
+        model.train()
+        model(**batch, task_name="sentiment", labels=torch.tensor([0, 1]))["loss"].backward()
+        grads.append([p.grad.clone() if p.grad is not None else None for p, _ in model.strategy._lora_params])
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads[1])
+    for plain, ckpt in zip(*grads, strict=True):
+        assert (plain is None) == (ckpt is None)
+        if plain is not None:
+            torch.testing.assert_close(ckpt, plain, atol=1e-6, rtol=1e-4)
 
 
 def test_find_batch_size_halves_on_oom() -> None:

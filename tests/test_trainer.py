@@ -169,3 +169,18 @@ def test_interrupt_then_resume_is_bitwise_identical(sig: int, tmp_path: Path) ->
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert np.isfinite(pd.read_csv(tmp_path / "killed" / "history.csv")["train_loss"].dropna()).all()
+
+
+def test_one_process_trains_with_different_precisions_in_turn(tokenizer, tmp_path: Path) -> None:
+    """Accelerate's process-wide state must not pin the first run's mixed precision (notebooks, ablate)."""
+    train, profile = _demo_data(tokenizer, slice(0, 32))
+    seen = []
+    for precision in ("no", "bf16", "no"):
+        cfg = TrainingConfig(
+            epochs=1, batch_size=16, device="cpu", mixed_precision=precision, progress=False, log_every=1
+        )
+        trainer = Trainer(_tiny(tokenizer, profile), tmp_path / precision, cfg)
+        seen.append(trainer.accelerator.mixed_precision)
+        result = trainer.train(train, train)
+        assert result.global_step == 2 and np.isfinite(result.val_metrics["loss"])
+    assert seen == ["no", "bf16", "no"]

@@ -22,8 +22,9 @@ updates add up) while keeping bertkit in charge of which adapters are trainable.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,30 @@ class AdapterStrategy(nn.Module):
         ]
         self._active = None
         self.apply_trainable()
+        base = bert.model.get_base_model()
+        if getattr(base, "is_gradient_checkpointing", False):
+            # One forward runs the encoder under several adapter combinations; backward recomputes each
+            # checkpointed layer later, so it must re-activate the combination that layer first ran with.
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self.recompute_context}
+            )
+
+    def recompute_context(
+        self,
+    ) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """``torch.utils.checkpoint`` context_fn: recompute with the adapters active in the forward pass."""
+        return contextlib.nullcontext(), self._activated(self._active)
+
+    @contextlib.contextmanager
+    def _activated(self, adapters: tuple[str, ...] | None) -> Iterator[None]:
+        previous = self._active
+        if adapters is not None:
+            self.activate(adapters)
+        try:
+            yield
+        finally:
+            if previous is not None:
+                self.activate(previous)
 
     def save_adapters(self, bert: BertCore, folder: str | Path) -> None:
         """PEFT's ``save_pretrained``: ``folder/<adapter>/adapter_config.json + adapter_model.safetensors``."""

@@ -395,10 +395,16 @@ def run_outputs(
     dataset: Any,
     collator: Any,
     batch_size: int,
-    device: Any = "cpu",
+    device: Any = None,
     autocast: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Outputs of one task over a dataset, in dataset order (+ mean ``loss`` when labelled)."""
+    """Outputs of one task over a dataset, in dataset order (+ mean ``loss`` when labelled).
+
+    ``device`` defaults to where the model's trainable parameters are (a 4-bit base may sit elsewhere).
+    """
+    if device is None:
+        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+        device = params[0].device if params else "cpu"
     return predict_outputs(TaskView(model, task), dataset, collator, batch_size, device, autocast)
 
 

@@ -336,7 +336,7 @@ def predict_multitask(
             model.tokenizer, texts, None, max_length=info["max_length"], truncation=info["truncation"]
         )
         outputs = run_outputs(
-            model, name, TokenizedDataset(feats), collator_for("table", model.tokenizer), batch_size
+            model, name, TokenizedDataset(feats), collator_for("table", model.tokenizer), batch_size, device
         )
         dims, p = info["dimensions"], outputs["probabilities"]
         cols: dict[str, Any] = {"prediction": compose_types(outputs["predictions"], dims)}
@@ -356,7 +356,7 @@ def predict_multitask(
             truncation=info["truncation"] if prepared.texts_b is None else "head",
         )
         outputs = run_outputs(
-            model, name, TokenizedDataset(feats), collator_for("table", model.tokenizer), batch_size
+            model, name, TokenizedDataset(feats), collator_for("table", model.tokenizer), batch_size, device
         )
         cols = head.format_predictions(outputs, proba=proba)
         if "prediction" in cols and len(profile.label_columns) == 1:

@@ -89,6 +89,7 @@ class Trainer:
             precision = "no"
             if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        reset_stale_accelerate_state(precision, cpu=cfg.device == "cpu")
         self.accelerator = Accelerator(
             mixed_precision=precision,
             cpu=cfg.device == "cpu",
@@ -454,3 +455,27 @@ def _in_main_thread() -> bool:
 
 #: the reference design's spelling: ``EnhancedTrainer(model=..., output_dir=...).train(train, val)``
 EnhancedTrainer = Trainer
+
+
+def reset_stale_accelerate_state(precision: str, cpu: bool) -> None:
+    """Let one process train several models with different precisions or devices.
+
+    Accelerate keeps a process-wide state and refuses a second ``Accelerator`` whose mixed precision
+    differs (and silently keeps the first device). A notebook, ``bertkit ablate`` or a bench running several
+    configurations in one process hits that; in a single-process run the stale state is dropped.
+    Under ``torchrun``/``accelerate launch`` (several processes) the state is left alone: one configuration
+    per launch, as Accelerate requires.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    if not shared:
+        return
+    partial = PartialState._shared_state
+    if int(partial.get("num_processes", 1) or 1) > 1:
+        return
+    device = partial.get("device")
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if shared.get("_mixed_precision") != precision or on_cpu != (cpu or not accelerated):
+        AcceleratorState._reset_state(reset_partial_state=True)
