@@ -33,7 +33,14 @@ TextColumns = Annotated[
 LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Column holding the label/target.")]
 IdColumn = Annotated[str | None, typer.Option("--id-column", help="Id column carried into predictions.")]
 GroupColumn = Annotated[
-    str | None, typer.Option("--group-column", help="Query/group column of ranking data (e.g. query_id).")
+    str | None,
+    typer.Option(
+        "--group-column", help="Query column of ranking data, or the sequence id (with --time-column)."
+    ),
+]
+TimeColumn = Annotated[
+    str | None,
+    typer.Option("--time-column", help="Orders each group's texts: trains a sequence (time-series) head."),
 ]
 
 
@@ -93,6 +100,7 @@ def _data_overrides(
     id_column: str | None,
     task: str | None = None,
     group_column: str | None = None,
+    time_column: str | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if text_column and text_columns:
@@ -109,6 +117,8 @@ def _data_overrides(
         data["task"] = task
     if group_column:
         data["group_column"] = group_column
+    if time_column:
+        data["time_column"] = time_column
     return data
 
 
@@ -156,6 +166,7 @@ def analyze(
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
     group_column: GroupColumn = None,
+    time_column: TimeColumn = None,
     task: Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")] = None,
     backbone: Annotated[str, typer.Option(help="Tokenizer used for token-length statistics.")] = "minilm",
     as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
@@ -173,7 +184,9 @@ def analyze(
             "default",
             None,
             None,
-            _data_overrides(text_column, text_columns, label_column, id_column, task, group_column),
+            _data_overrides(
+                text_column, text_columns, label_column, id_column, task, group_column, time_column
+            ),
             {"backbone": backbone},
             {},
         )
@@ -211,6 +224,7 @@ def train(
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
     group_column: GroupColumn = None,
+    time_column: TimeColumn = None,
     backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
     head: Annotated[str | None, typer.Option(help="Registered head name (see `bertkit heads`).")] = None,
     pooling: Annotated[
@@ -246,7 +260,9 @@ def train(
     def body() -> None:
         from bertkit.runners import runner_for
 
-        data_o = _data_overrides(text_column, text_columns, label_column, id_column, task, group_column)
+        data_o = _data_overrides(
+            text_column, text_columns, label_column, id_column, task, group_column, time_column
+        )
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
         if strict:
@@ -273,7 +289,10 @@ def cv(
     data: Annotated[Path, typer.Argument(help="Training file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
-    group_column: Annotated[str | None, typer.Option(help="GroupKFold on this column.")] = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="GroupKFold on this column (the sequence id with --time-column).")
+    ] = None,
+    time_column: TimeColumn = None,
     test: Annotated[Path | None, typer.Option(help="Test file: predictions averaged over folds.")] = None,
     task: Annotated[
         str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
@@ -306,7 +325,9 @@ def cv(
     def body() -> None:
         from bertkit.runners import runner_for
 
-        data_o = _data_overrides(text_column, text_columns, label_column, id_column, task, group_column)
+        data_o = _data_overrides(
+            text_column, text_columns, label_column, id_column, task, group_column, time_column
+        )
         if max_train_samples is not None:
             data_o["max_train_samples"] = max_train_samples
         cfg = _run_config(

@@ -106,7 +106,9 @@ class BertWithHead(nn.Module):
         Returns:
             The head's output dict (``"logits"``, ``"predictions"``, ``"probabilities"`` where meaningful).
         """
-        if self.head.level == "bi_encoder":
+        if input_ids.dim() == 3:  # [B, S, T]: S time-ordered documents per example (sequence heads)
+            outputs = self._forward_documents(input_ids, attention_mask, token_type_ids, **kwargs)
+        elif self.head.level == "bi_encoder":
             outputs = self.head.forward_encoder(
                 self.bert, input_ids, attention_mask, token_type_ids, **kwargs
             )
@@ -116,6 +118,30 @@ class BertWithHead(nn.Module):
         if labels is not None:
             outputs["loss"] = self.head.compute_loss(outputs, labels)
         return outputs
+
+    def _forward_documents(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Encode each real document once, pool it (``extra.document_pooling``: mean | cls), then run the head
+        over the ``[B, S, H]`` document sequence with ``sequence_mask [B, S]`` (the sequence heads' input)."""
+        B, S, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        doc_mask = attention_mask.any(dim=-1)  # [B, S] real documents
+        real = doc_mask.reshape(-1).nonzero().squeeze(1)  # [N]
+        flat = lambda x: x.reshape(B * S, T)[real]  # noqa: E731  [N, T]
+        encoded = self.bert(
+            flat(input_ids), flat(attention_mask), None if token_type_ids is None else flat(token_type_ids)
+        )
+        how = str(self.head.config.extra.get("document_pooling", "mean"))
+        vectors = encoded.cls_output if how == "cls" else encoded.mean_pooled  # [N, H]
+        docs = vectors.new_zeros(B * S, vectors.size(-1))
+        docs[real] = vectors
+        return self.head(docs.view(B, S, -1), sequence_mask=doc_mask.long(), **kwargs)
 
     # ------------------------------------------------------------ persistence
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:

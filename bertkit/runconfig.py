@@ -31,7 +31,10 @@ class DataConfig(ConfigBase):
         text_column / text_columns: the text, or two columns for pairs (several for template serialisation).
         label_column / label_columns: the target, or several 0/1 columns (multilabel).
         id_column: carried into predictions and oof.csv.
-        group_column: GroupKFold groups in ``cv``.
+        group_column: GroupKFold groups in ``cv``; the query of ranking data; the sequence id of
+            document sequences (with ``time_column``).
+        time_column: order of each group's documents: selects the document-sequence runner
+            (``timeseries_classification`` / ``timeseries_regression`` heads, docs/heads.md).
         template: "auto" or a ``str.format`` template joining several columns into one text.
         multilabel_delimiter: delimiter of a multilabel string column (e.g. ";").
         max_train_samples: train on exactly the first N rows after a seeded shuffle.
@@ -48,6 +51,7 @@ class DataConfig(ConfigBase):
     label_columns: list[str] | None = None
     id_column: str | None = None
     group_column: str | None = None
+    time_column: str | None = None
     template: str | None = None
     multilabel_delimiter: str | None = None
     max_train_samples: int | None = None
@@ -59,6 +63,18 @@ class DataConfig(ConfigBase):
         from bertkit.runners import known_tasks
 
         self.task = check_choice("data.task", self.task, known_tasks())
+        if self.time_column is not None:
+            if self.task == "auto":
+                self.task = "timeseries"
+            if not self.task.startswith("timeseries"):
+                raise ConfigError(
+                    f"data.time_column orders document sequences; it does not fit task='{self.task}' "
+                    "(use --task timeseries, or drop --time-column)"
+                )
+            if not self.group_column:
+                raise ConfigError(
+                    "data.time_column needs data.group_column (--group-column): the sequence id"
+                )
         if not 0.0 < self.valid_fraction < 0.9:
             raise ConfigError(f"data.valid_fraction must be in (0, 0.9), got {self.valid_fraction}")
         if self.max_train_samples is not None and self.max_train_samples < 2:

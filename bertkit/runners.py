@@ -74,6 +74,7 @@ _OPTIONAL_RUNNERS = (
     "bertkit.tasks.qa_runner",
     "bertkit.tasks.relation_runner",
     "bertkit.tasks.pair_runner",
+    "bertkit.tasks.docseq_runner",
     "bertkit.multitask.runner",
 )
 

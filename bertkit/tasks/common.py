@@ -255,6 +255,10 @@ class TaskPipeline(ABC):
         """File suffix of prediction files for a given input (default: the input's own)."""
         return Path(source).suffix or ".txt"
 
+    def collator(self, pad_token_id: int) -> Any:
+        """The batch builder for this pipeline's rows (default: :class:`TaskCollator` in ``collate_mode``)."""
+        return TaskCollator(pad_token_id, self.collate_mode)
+
     def group_of(self, item: Any, column: str) -> str:
         """Group key of an item for ``cv --group-column`` (default: a field of the item's ``meta``)."""
         from bertkit.errors import DataError

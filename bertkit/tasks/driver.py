@@ -21,7 +21,7 @@ from bertkit.errors import ConfigError, DataError
 from bertkit.fileio import write_json_atomic, write_text_atomic, write_with_atomic
 from bertkit.runconfig import RunConfig
 from bertkit.runners import TaskRunner
-from bertkit.tasks.common import TaskCollator, TaskDataset, TaskPipeline
+from bertkit.tasks.common import TaskDataset, TaskPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,13 @@ PipelineType = type[TaskPipeline]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def collator_for(pipe: TaskPipeline, model: Any) -> TaskCollator:
+def collator_for(pipe: TaskPipeline, model: Any) -> Any:
     """The dynamic-padding collator for a pipeline's rows."""
     tok = model.tokenizer
     pad = tok.pad_token_id if tok is not None else 0
     if pad is None:
         pad = getattr(tok, "eos_token_id", None) or 0
-    return TaskCollator(pad, pipe.collate_mode)
+    return pipe.collator(pad)
 
 
 def select_items(items: Sequence[Any], cfg: RunConfig, has_valid: bool) -> tuple[list[Any], list[Any] | None]:

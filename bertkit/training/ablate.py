@@ -47,6 +47,7 @@ SWITCHES: dict[str, tuple[dict[str, Any], str]] = {
     "chunks": ({"training": {"chunk_stride": 32, "chunk_aggregation": "mean"}}, "sliding-window inference"),
     "postprocess": ({"training": {"postprocess": True}}, "OOF-fitted post-processing (cross-fitted)"),
     "nodropout": ({"model": {"regression_dropout": 0.0}}, "no dropout (regression only)"),
+    "freezeemb": ({"training": {"freeze_word_embeddings": True}}, "frozen word embeddings"),
     "mean": ({"model": {"pooling": "mean"}}, "mean pooling"),
     "attention": ({"model": {"pooling": "attention"}}, "attention pooling"),
     "gem": ({"model": {"pooling": "gem"}}, "GeM pooling"),
