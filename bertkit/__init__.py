@@ -4,7 +4,7 @@ The public API lives here and only here; see README.md for a tour.
 """
 
 from bertkit._version import __version__
-from bertkit.config import BertConfig, HeadConfig, HeadType, PoolingType
+from bertkit.config import BertConfig, HeadConfig, HeadType, PoolingType, TrainingConfig
 from bertkit.encoder import BertCore, BertOutput
 from bertkit.errors import BertkitError, ConfigError, DataError, ModelFolderError, RegistryError
 from bertkit.factory import (
@@ -40,6 +40,9 @@ from bertkit.heads import (
     list_heads,
     register_head,
 )
+from bertkit.inference import Predictor, evaluate, load_predictor, predict
+from bertkit.inference.embed import embed_texts
+from bertkit.inference.export import export_model
 from bertkit.model import BertWithHead, load_tokenizer
 from bertkit.multitask import (
     AdapterConfig,
@@ -53,8 +56,32 @@ from bertkit.multitask import (
     create_multi_task_nlp_head,
 )
 from bertkit.pooling import Pooler
+from bertkit.runconfig import RunConfig, build_run_config
+from bertkit.training import Trainer, TrainResult
+from bertkit.training.ablate import ablate
+from bertkit.training.blend import blend_runs
+from bertkit.training.cv import cross_validate
+from bertkit.training.pretrain import pretrain
+from bertkit.training.run import train_run
 
 __all__ = [
+    # training, prediction and export (also reachable from the CLI)
+    "Predictor",
+    "RunConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingConfig",
+    "ablate",
+    "blend_runs",
+    "build_run_config",
+    "cross_validate",
+    "embed_texts",
+    "evaluate",
+    "export_model",
+    "load_predictor",
+    "predict",
+    "pretrain",
+    "train_run",
     "COMPETITION_DEFAULTS",
     "BaseHead",
     "BertConfig",

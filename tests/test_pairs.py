@@ -334,6 +334,13 @@ def test_similarity_end_to_end_predict_evaluate_embed(
     table = pd.read_parquet(tmp_path / "e.parquet")
     assert table["id"].tolist() == src["id"].tolist() and np.allclose(np.stack(table["embedding"]), fwd)
     assert _cli("embed", run, data_dir / "sts.csv", "--output", tmp_path / "x.txt").exit_code == 2
+    # the Python API reaches the same model: scores for (a, b) pairs equal the CLI's
+    from bertkit import load_predictor
+
+    predictor = load_predictor(run)
+    pairs = list(zip(src["q"].astype(str), src["a"].astype(str)))
+    scores = np.asarray(predictor.predict(pairs), dtype=float)
+    assert np.allclose(scores, pred["similarity_score"].to_numpy(), atol=1e-5)
 
 
 def test_contrastive_triplets_detected_and_normalised(

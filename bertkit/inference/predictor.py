@@ -69,8 +69,13 @@ class Predictor:
     def from_dir(cls, path: str | Path, **kwargs: Any) -> Predictor:
         """Load from a model folder or a run folder (which holds ``model/``)."""
         folder = check_model_folder(path)
+        model = BertWithHead.from_pretrained(folder)
+        if "pair" in model.metadata:  # trained by the pair runner: scores (a, b) pairs, embeds single texts
+            from bertkit.tasks.pair_runner import PairPredictor
+
+            return PairPredictor(model, **kwargs)
         kwargs.setdefault("postprocess", load_postprocess(folder))
-        return cls(BertWithHead.from_pretrained(folder), **kwargs)
+        return cls(model, **kwargs)
 
     @property
     def label_names(self) -> list[str]:

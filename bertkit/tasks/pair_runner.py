@@ -24,6 +24,7 @@ from bertkit.data.readers import SUPPORTED_SUFFIXES, guess_group_column, read_ta
 from bertkit.errors import ConfigError, DataError
 from bertkit.factory import create_bert_with_head
 from bertkit.fileio import write_json_atomic, write_text_atomic, write_with_atomic
+from bertkit.inference.predictor import Predictor
 from bertkit.metrics import ranking_metrics
 from bertkit.model import BertWithHead, load_tokenizer
 from bertkit.runconfig import RunConfig
@@ -422,14 +423,82 @@ def load_pair_model(model_dir: Any) -> tuple[BertWithHead, PairProfile]:
     return model, PairProfile.from_dict(model.metadata["pair"])
 
 
-def _run_model(model: BertWithHead, prepared: PreparedPairs, batch_size: int) -> dict[str, np.ndarray]:
-    from bertkit.inference.batched import predict_outputs
-    from bertkit.inference.predictor import pick_device
+class PairPredictor(Predictor):
+    """:class:`~bertkit.inference.Predictor` for models of the pair runner (similarity, contrastive, ranking
+    and cross-encoders trained on two text columns): ``predict([(a, b), ...])`` returns one score per pair,
+    ``predict(["text"])`` on a bi-encoder returns embeddings, and the frame methods read the trained columns."""
 
-    device = pick_device("auto")
-    model.to(device)
-    collator = PairCollator.from_tokenizer(model.tokenizer, model.bert.decoder_only)
-    return predict_outputs(model, prepared.dataset, collator, batch_size, device)
+    def __init__(self, model: BertWithHead, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.pair_profile = PairProfile.from_dict(model.metadata["pair"])
+
+    def _frame(self, texts_a: list[str], texts_b: list[str]) -> pd.DataFrame:
+        a, b = self.pair_profile.text_columns[:2]
+        frame = pd.DataFrame({a: texts_a, b: texts_b})
+        if self.pair_profile.group_column:  # ranking: each query text is its own group
+            frame[self.pair_profile.group_column] = texts_a
+        return frame
+
+    def _run(self, prepared: PreparedPairs) -> dict[str, np.ndarray]:
+        from bertkit.inference.batched import predict_outputs
+
+        collator = PairCollator.from_tokenizer(self.model.tokenizer, self.model.bert.decoder_only)
+        return predict_outputs(self.model, prepared.dataset, collator, self.batch_size, self.device)
+
+    def outputs(
+        self, texts_a: list[str], texts_b: list[str] | None = None, targets: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Head outputs for pairs; embeddings (``[N, D]``) for single texts on a bi-encoder."""
+        if texts_b is None:
+            if self.model.head.level != "bi_encoder":
+                raise ConfigError("this cross-encoder scores pairs: pass (text_a, text_b) tuples")
+            from bertkit.inference.embed import encode_texts
+
+            return {
+                "embeddings": encode_texts(
+                    self.model, texts_a, self.batch_size, self.max_length, str(self.device)
+                )
+            }
+        prepared = _prepare(
+            self.model, self.pair_profile, self._frame(texts_a, texts_b), self.max_length, False
+        )
+        return self._run(prepared)
+
+    def predict(self, texts: list[Any]) -> list[Any]:
+        """One score (or label) per ``(text_a, text_b)`` pair; one embedding per single text (bi-encoders)."""
+        a, b = self._split(texts)
+        out = self.outputs(a, b)
+        if b is None:
+            return list(out["embeddings"])
+        out.pop("loss", None)
+        cols = self.model.head.format_predictions(out)
+        key = "prediction" if "prediction" in cols else next(iter(cols))
+        return list(cols[key])
+
+    def predict_frame(
+        self, data: str | Path | pd.DataFrame, proba: bool = False, id_column: str | None = None
+    ) -> pd.DataFrame:
+        """Scores in input order, or the ranked candidates of every query (as ``bertkit predict``)."""
+        frame = read_table(data)
+        prepared = _prepare(self.model, self.pair_profile, frame, self.max_length, labels=False)
+        outputs = self._run(prepared)
+        outputs.pop("loss", None)
+        return prediction_frame(self.model, self.pair_profile, frame, prepared, outputs, id_column=id_column)
+
+    def evaluate(self, data: str | Path | pd.DataFrame) -> dict[str, float]:
+        """Spearman/Pearson, accuracy/F1 or MRR/MAP/NDCG@k/recall@k on labelled pairs (+ loss and rows)."""
+        frame = read_table(data)
+        if not _has_labels(self.pair_profile, frame):
+            raise DataError(
+                f"cannot evaluate: label column '{self.pair_profile.label_column}' missing; columns: "
+                f"{', '.join(map(str, frame.columns))}"
+            )
+        prepared = _prepare(self.model, self.pair_profile, frame, self.max_length, labels=True)
+        outputs = self._run(prepared)
+        metrics = {"loss": float(outputs.pop("loss"))} if "loss" in outputs else {}
+        metrics.update(score_outputs(self.model, self.pair_profile, outputs, prepared.dataset))
+        metrics["rows"] = len(prepared.row_index)
+        return metrics
 
 
 def _predict(
@@ -440,30 +509,15 @@ def _predict(
     proba: bool = False,
     batch_size: int = 64,
 ) -> Path:
-    model, profile = load_pair_model(model_dir)
-    frame = read_table(data)
-    prepared = _prepare(model, profile, frame, int(model.metadata.get("max_length", 128)), labels=False)
-    outputs = _run_model(model, prepared, batch_size)
-    outputs.pop("loss", None)
-    pred = prediction_frame(model, profile, frame, prepared, outputs, id_column=id_column)
+    model, _ = load_pair_model(model_dir)
+    pred = PairPredictor(model, batch_size=batch_size).predict_frame(data, id_column=id_column)
     write_with_atomic(output, lambda p: pred.to_csv(p, index=False))
     return Path(output)
 
 
 def _evaluate(model_dir: Any, data: Any, batch_size: int = 64) -> dict[str, Any]:
-    model, profile = load_pair_model(model_dir)
-    frame = read_table(data)
-    if not _has_labels(profile, frame):
-        raise DataError(
-            f"cannot evaluate: label column '{profile.label_column}' missing; columns: "
-            f"{', '.join(map(str, frame.columns))}"
-        )
-    prepared = _prepare(model, profile, frame, int(model.metadata.get("max_length", 128)), labels=True)
-    outputs = _run_model(model, prepared, batch_size)
-    metrics = {"loss": float(outputs.pop("loss"))} if "loss" in outputs else {}
-    metrics.update(score_outputs(model, profile, outputs, prepared.dataset))
-    metrics["rows"] = len(prepared.row_index)
-    return metrics
+    model, _ = load_pair_model(model_dir)
+    return PairPredictor(model, batch_size=batch_size).evaluate(data)
 
 
 PAIR_RUNNER = register_runner(
