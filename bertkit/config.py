@@ -213,6 +213,9 @@ class TrainingConfig(ConfigBase):
         mixed_precision: "auto" (bf16/fp16 on GPUs that support it, fp32 on CPU), "no", "fp16", "bf16".
         freeze_word_embeddings: keep the token embedding table fixed (its dense gradient and AdamW update are
             the largest per-step costs on CPU for short texts; fine-tuning rarely needs to move it).
+        sparse_embedding_updates: "auto" (on for single-process fp32 CPU training), "on" or "off": sparse
+            word-embedding gradients with lazy AdamW updates of the rows a batch uses (the table stays trainable;
+            bertkit/training/sparse_embeddings.py).
         freeze_encoder_epochs: keep the encoder frozen for this many epochs (head warm-up).
         gradual_unfreeze: after the frozen epochs, unfreeze one more layer per epoch from the top.
         eval_strategy: "epoch" or "steps" (every ``eval_steps`` optimiser steps).
@@ -272,6 +275,7 @@ class TrainingConfig(ConfigBase):
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"
     freeze_word_embeddings: bool = False
+    sparse_embedding_updates: str = "auto"
     freeze_encoder_epochs: int = 0
     gradual_unfreeze: bool = False
     eval_strategy: str = "epoch"
@@ -319,6 +323,9 @@ class TrainingConfig(ConfigBase):
         self.eval_strategy = check_choice("eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
         self.truncation = check_choice("truncation", self.truncation, ("head", "tail", "head_tail"))
         self.device = check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        self.sparse_embedding_updates = check_choice(
+            "sparse_embedding_updates", str(self.sparse_embedding_updates), ("auto", "on", "off")
+        )
         for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")

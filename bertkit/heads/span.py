@@ -184,7 +184,8 @@ class SpanClassificationHead(BaseHead):
         }
         if self.use_linking:
             left, right = self.link_left(self.dropout(feats)), self.link_right(self.dropout(feats))
-            out["link_logits"] = torch.einsum("bid,bjd->bij", left, right) / left.size(-1) ** 0.5  # [B, S, S]
+            link = torch.einsum("bid,bjd->bij", left, right) / left.size(-1) ** 0.5  # [B, S, S]
+            out["link_logits"] = 0.5 * (link + link.transpose(1, 2))  # "same entity" is symmetric
         return out
 
     @staticmethod
@@ -206,9 +207,12 @@ class SpanClassificationHead(BaseHead):
             pair &= ~torch.eye(pair.size(1), dtype=torch.bool, device=pair.device)
             link = outputs["link_logits"].float()
             if pair.any():
-                same = (groups.unsqueeze(2) == groups.unsqueeze(1)).float()
+                same = (groups.unsqueeze(2) == groups.unsqueeze(1)).float()[pair]
+                # few fragment pairs belong together: weight the positives up to balance the classes
+                n_pos = same.sum()
+                pos_weight = ((same.numel() - n_pos) / n_pos.clamp(min=1.0)).clamp(min=1.0)
                 loss = loss + self.link_loss_weight * F.binary_cross_entropy_with_logits(
-                    link[pair], same[pair]
+                    link[pair], same, pos_weight=pos_weight
                 )
             else:
                 loss = loss + link.sum() * 0.0

@@ -28,6 +28,7 @@ from bertkit.inference.batched import predict_outputs
 from bertkit.model import BertWithHead
 from bertkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bertkit.training.optim import WarmupSchedule, build_optimizer, warmup_steps_for
+from bertkit.training.sparse_embeddings import clip_gradients, use_sparse_embeddings
 from bertkit.training.tricks import Trick, all_eval_weights, build_tricks
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,10 @@ class Trainer:
         total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
         num_epochs = math.ceil(cfg.epochs)
         # 2. optimiser, schedule, devices
-        optimizer = build_optimizer(raw, cfg)
+        embedding = raw.bert.get_input_embeddings()
+        sparse = use_sparse_embeddings(cfg, embedding, acc.device, acc.num_processes)
+        embedding.sparse = sparse  # lazy row updates of the table (sparse_embeddings.py)
+        optimizer = build_optimizer(raw, cfg, lazy_rows=embedding.weight if sparse else None)
         scheduler = WarmupSchedule(optimizer, total_steps, warmup_steps_for(cfg, total_steps), cfg.scheduler)
         model, optimizer = acc.prepare(raw, optimizer)
         if cfg.torch_compile:
@@ -267,7 +271,10 @@ class Trainer:
                         for trick in self.tricks:
                             trick.after_backward(model, batch, epoch, acc)
                         if acc.sync_gradients and cfg.max_grad_norm > 0:
-                            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                            if sparse:
+                                clip_gradients(model.parameters(), cfg.max_grad_norm)
+                            else:
+                                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     running_loss += float(loss.detach())
@@ -334,6 +341,9 @@ class Trainer:
                     self._checkpoint(raw, optimizer, scheduler, state)
         finally:
             progress.close()
+            embedding.sparse = (
+                False  # later uses of the model (tricks, export, a next run) get dense gradients
+            )
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         # 6. tricks finish (e.g. SWA weights), best weights back, calibration on validation, final model folder
