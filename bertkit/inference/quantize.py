@@ -71,13 +71,22 @@ INT8_RECIPES: dict[str, Int8Recipe] = {
         keep_fp32=_HEAD_NODES + _FFN_OUT_NODES,
         description="per-channel 7-bit weights; head, pooler and FFN down-projection in fp32",
     ),
+    "all_ops_per_channel": Int8Recipe(
+        op_types=None, description="per-channel, every op type ORT supports (embeddings' Gather included)"
+    ),
+    "all_ops_per_channel_reduce_range": Int8Recipe(
+        op_types=None, reduce_range=True, description="per-channel 7-bit weights, every op type"
+    ),
+    "all_ops_per_channel_keep_head": Int8Recipe(
+        op_types=None, keep_fp32=_HEAD_NODES, description="per-channel, every op type; head and pooler in fp32"
+    ),
     "ffn_only": Int8Recipe(
         op_types=("MatMul",),
         keep_fp32=_HEAD_NODES,
         description="per-channel MatMuls (FFN, projections); attention and head in fp32",
     ),
 }
-DEFAULT_INT8_RECIPE = "per_channel"
+DEFAULT_INT8_RECIPE = "all_ops_per_channel_reduce_range"
 
 
 def optimize_graph(src: Path, dst: Path, model: Any) -> dict[str, int] | None:
