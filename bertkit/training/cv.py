@@ -120,8 +120,12 @@ def cross_validate(
     )
     group_column = group_column or cfg.data.group_column
     fold_of = make_folds(df, profile, folds, fold_seed, group_column)
-    write_text_atomic(out / "config.yaml", cfg.to_yaml())
-    write_json_atomic(out / "profile.json", profile.to_dict())
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process  # under torchrun / accelerate launch only rank 0 writes files
+    if main:
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        write_json_atomic(out / "profile.json", profile.to_dict())
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg.training.calibrate = False  # nothing is fitted on the rows a fold predicts
     test_df = read_table(test_path) if test_path is not None else None
@@ -174,7 +178,8 @@ def cross_validate(
             for key in ("probabilities", "predictions", "logits"):
                 if key in test_out and np.issubdtype(test_out[key].dtype, np.floating):
                     test_sum[key] = test_sum.get(key, 0) + test_out[key] / folds
-        write_json_atomic(out / "fold_metrics.json", fold_metrics)
+        if main:
+            write_json_atomic(out / "fold_metrics.json", fold_metrics)
     assert model is not None
     # overall OOF metrics in input order
     order = np.concatenate(oof_rows)
@@ -183,7 +188,9 @@ def cross_validate(
     oof_metrics = model.head.compute_metrics(merged, targets)
     post_params: dict[str, Any] = {}
     if cfg.training.postprocess:  # cross-fitted: fold k's rows use parameters fitted on the other folds
-        merged, post_report, post_params = postprocess_cv(out, model, merged, targets, fold_of[order], folds)
+        merged, post_report, post_params = postprocess_cv(
+            out, model, merged, targets, fold_of[order], folds, write=main
+        )
     per_fold = pd.DataFrame(fold_metrics)
     summary = {
         c: {"mean": float(per_fold[c].mean()), "std": float(per_fold[c].std(ddof=0))}
@@ -209,8 +216,9 @@ def cross_validate(
             oof[c] = proba_cols[c]
     oof.insert(1 if profile.id_column else 0, "fold", fold_of)
     _add_true_columns(oof, model, targets, order)
-    write_with_atomic(out / "oof.csv", lambda p: oof.to_csv(p, index=False))
-    if test_df is not None and test_sum:
+    if main:
+        write_with_atomic(out / "oof.csv", lambda p: oof.to_csv(p, index=False))
+    if test_df is not None and test_sum and main:
         test_out = apply_postprocess(post_params, _finish_average(model, test_sum))
         test_ds, test_rows, test_ids = make_dataset(
             test_df, profile, tokenizer, fold_cfg, require_labels=False
@@ -224,7 +232,8 @@ def cross_validate(
                 model, test_out, test_rows, len(test_df), test_ids, profile.id_column, None, proba=True
             )
             write_with_atomic(out / "test_probabilities.csv", lambda p: probs.to_csv(p, index=False))
-    write_json_atomic(out / "metrics.json", metrics_out)
+    if main:
+        write_json_atomic(out / "metrics.json", metrics_out)
     return metrics_out
 
 

@@ -199,9 +199,11 @@ def postprocess_cv(
     targets: np.ndarray,
     folds: np.ndarray,
     num_folds: int,
+    write: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """The cross-validation step: cross-fitted OOF outputs, metrics before/after, and the all-OOF parameters
-    saved in ``out_dir`` and each ``fold_k/model``. Returns (OOF outputs, report, all-OOF parameters)."""
+    saved in ``out_dir`` and each ``fold_k/model`` (when ``write``: rank 0 only under DDP).
+    Returns (OOF outputs, report, all-OOF parameters)."""
     task = model.head.task
     params = fit_postprocess(task, merged, targets)
     if not params:
@@ -213,6 +215,8 @@ def postprocess_cv(
         "oof_before": prediction_metrics(task, merged, targets),
         "oof_after": prediction_metrics(task, crossfit, targets),
     }
+    if not write:
+        return crossfit, report, params
     save_postprocess(out_dir, params)
     for k in range(num_folds):
         if (out_dir / f"fold_{k}" / "model").is_dir():
