@@ -94,6 +94,10 @@ def test_order_dependent_labels_are_learned(tiny_backbone: Path, tmp_path: Path)
     truth = pd.read_csv(test).groupby("user")["label"].first()
     acc = float((frame.set_index("user")["prediction"] == truth.reindex(frame["user"]).values).mean())
     assert abs(acc - metrics["test"]["accuracy"]) < 1e-9
+    from bertkit import load_predictor
+
+    with pytest.raises(ConfigError, match="groups of documents"):
+        load_predictor(run)
     _ok("evaluate", run, test, "-o", tmp_path / "ev.json")
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert abs(ev["accuracy"] - metrics["test"]["accuracy"]) < 1e-9

@@ -74,6 +74,11 @@ class Predictor:
             from bertkit.tasks.pair_runner import PairPredictor
 
             return PairPredictor(model, **kwargs)
+        if model.metadata.get("runner") == "docseq":  # its examples are groups of documents, not texts
+            raise ConfigError(
+                f"{folder} reads time-ordered groups of documents, not single texts; predict with "
+                f"`bertkit predict {path} DATA -o OUT` or bertkit.runners.runner_for_model(path).predict(...)"
+            )
         kwargs.setdefault("postprocess", load_postprocess(folder))
         return cls(model, **kwargs)
 

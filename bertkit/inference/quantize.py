@@ -78,7 +78,9 @@ INT8_RECIPES: dict[str, Int8Recipe] = {
         op_types=None, reduce_range=True, description="per-channel 7-bit weights, every op type"
     ),
     "all_ops_per_channel_keep_head": Int8Recipe(
-        op_types=None, keep_fp32=_HEAD_NODES, description="per-channel, every op type; head and pooler in fp32"
+        op_types=None,
+        keep_fp32=_HEAD_NODES,
+        description="per-channel, every op type; head and pooler in fp32",
     ),
     "ffn_only": Int8Recipe(
         op_types=("MatMul",),
