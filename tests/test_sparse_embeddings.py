@@ -73,6 +73,7 @@ def test_auto_mode_and_loud_refusals() -> None:
     assert use_sparse_embeddings(TrainingConfig(), emb, cpu, 1)
     assert not use_sparse_embeddings(TrainingConfig(), emb, cpu, 2)  # DDP
     assert not use_sparse_embeddings(TrainingConfig(adversarial="fgm"), emb, cpu, 1)
+    assert not use_sparse_embeddings(TrainingConfig(torch_compile=True), emb, cpu, 1)
     assert not use_sparse_embeddings(TrainingConfig(), emb, cuda, 1)
     assert not use_sparse_embeddings(TrainingConfig(sparse_embedding_updates="off"), emb, cpu, 1)
     emb.weight.requires_grad_(False)

@@ -38,6 +38,8 @@ def use_sparse_embeddings(
         blockers.append("several processes (DDP reduces dense gradients)")
     if config.adversarial != "none":
         blockers.append(f"adversarial={config.adversarial} (reads the dense embedding gradient)")
+    if config.torch_compile:
+        blockers.append("torch_compile (compiled graphs keep dense gradients)")
     if config.mixed_precision in ("fp16", "bf16") or device.type != "cpu":
         blockers.append("a GPU or mixed precision (the dense path is fast there)")
     if mode == "on" and blockers:
