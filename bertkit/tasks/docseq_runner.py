@@ -190,8 +190,13 @@ class DocSequencePipeline(TaskPipeline):
         return "regression" if numeric and (fractional or len(set(values)) > 20) else "classification"
 
     def build_model(self, cfg: Any, tokenizer: Any, train: Sequence[Any], valid: Sequence[Any]) -> Any:
+        from bertkit.config import check_choice
+
         kind = self.settings["kind"] = self._kind([*train, *valid])
-        extra = {**self.settings, "max_documents": self.max_documents}
+        pooling = check_choice(
+            "document_pooling", self.settings.get("document_pooling", "mean"), ("mean", "cls")
+        )
+        extra = {**self.settings, "max_documents": self.max_documents, "document_pooling": pooling}
         if kind == "classification":
             names = sorted({str(it.values[-1]) for it in [*train, *valid]})
             if len(names) < 2:

@@ -222,7 +222,8 @@ class Trainer:
         # 2. optimiser, schedule, devices
         embedding = raw.bert.get_input_embeddings()
         sparse = use_sparse_embeddings(cfg, embedding, acc.device, acc.num_processes)
-        embedding.sparse = sparse  # lazy row updates of the table (sparse_embeddings.py)
+        if isinstance(embedding, torch.nn.Embedding):
+            embedding.sparse = sparse  # lazy row updates of the table (sparse_embeddings.py)
         optimizer = build_optimizer(raw, cfg, lazy_rows=embedding.weight if sparse else None)
         scheduler = WarmupSchedule(optimizer, total_steps, warmup_steps_for(cfg, total_steps), cfg.scheduler)
         model, optimizer = acc.prepare(raw, optimizer)
@@ -341,9 +342,8 @@ class Trainer:
                     self._checkpoint(raw, optimizer, scheduler, state)
         finally:
             progress.close()
-            embedding.sparse = (
-                False  # later uses of the model (tricks, export, a next run) get dense gradients
-            )
+            if isinstance(embedding, torch.nn.Embedding):  # later uses (tricks, export, a next run): dense
+                embedding.sparse = False
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         # 6. tricks finish (e.g. SWA weights), best weights back, calibration on validation, final model folder
