@@ -59,6 +59,9 @@ def main() -> None:
                 "checkpoint_steps": 4,
                 "log_every": 1,
                 "seed": 7,
+                # DDP reduces dense gradients, so sparse (lazy) embedding updates are off there: the
+                # single-process reference must use the same dense AdamW to be comparable
+                "sparse_embedding_updates": "off",
             },
         },
     )
