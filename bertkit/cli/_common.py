@@ -39,6 +39,30 @@ TimeColumn = Annotated[
 ]
 
 
+# options shared by `train` and `cv` (one declaration, the same help everywhere)
+Task = Annotated[
+    str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
+]
+Backbone = Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")]
+HeadName = Annotated[str | None, typer.Option("--head", help="Registered head name (see `bertkit heads`).")]
+Pooling = Annotated[
+    str | None,
+    typer.Option(help="cls|mean|max|attention|weighted_mean|last|gem|layer_cls|layer_cls_weighted"),
+]
+Epochs = Annotated[float | None, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size.")]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+MaxLength = Annotated[int | None, typer.Option(help="Max tokens per text.")]
+MaxTrainSamples = Annotated[int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+Preset = Annotated[str, typer.Option(help="quick | default | competition")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="YAML config with data/model/training sections.")
+]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: training.epochs=2")]
+Strict = Annotated[bool, typer.Option(help="Reject rows with empty text/labels instead of dropping them.")]
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)

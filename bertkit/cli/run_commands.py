@@ -9,9 +9,23 @@ from typing import Annotated
 import typer
 
 from bertkit.cli._common import (
+    Backbone,
+    BatchSize,
+    ConfigFile,
+    Epochs,
     GroupColumn,
+    HeadName,
     IdColumn,
     LabelColumn,
+    LearningRate,
+    MaxLength,
+    MaxTrainSamples,
+    Pooling,
+    Preset,
+    Seed,
+    Sets,
+    Strict,
+    Task,
     TextColumn,
     TextColumns,
     TimeColumn,
@@ -71,39 +85,26 @@ def train(
     test: Annotated[
         Path | None, typer.Option(help="Labelled or unlabelled test file to score/predict.")
     ] = None,
-    task: Annotated[
-        str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
-    ] = "auto",
+    task: Task = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
     group_column: GroupColumn = None,
     time_column: TimeColumn = None,
-    backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
-    head: Annotated[str | None, typer.Option(help="Registered head name (see `bertkit heads`).")] = None,
-    pooling: Annotated[
-        str | None,
-        typer.Option(help="cls|mean|max|attention|weighted_mean|last|gem|layer_cls|layer_cls_weighted"),
-    ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Max tokens per text.")] = None,
-    max_train_samples: Annotated[
-        int | None, typer.Option(help="Train on the first N rows after a seeded shuffle.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    preset: Annotated[str, typer.Option(help="quick | default | competition")] = "default",
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config with data/model/training sections.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override any config key: training.epochs=2")
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option(help="Reject rows with empty text/labels instead of dropping them.")
-    ] = False,
+    backbone: Backbone = None,
+    head: HeadName = None,
+    pooling: Pooling = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrainSamples = None,
+    seed: Seed = None,
+    preset: Preset = "default",
+    config: ConfigFile = None,
+    set_: Sets = None,
+    strict: Strict = False,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model on DATA and write a run folder (model/, metrics.json, history.csv, report.html).
@@ -149,27 +150,23 @@ def cv(
     ] = None,
     time_column: TimeColumn = None,
     test: Annotated[Path | None, typer.Option(help="Test file: predictions averaged over folds.")] = None,
-    task: Annotated[
-        str, typer.Option(help="auto, or a task: binary|multiclass|multilabel|regression|ordinal|...")
-    ] = "auto",
+    task: Task = "auto",
     text_column: TextColumn = None,
     text_columns: TextColumns = None,
     label_column: LabelColumn = None,
     id_column: IdColumn = None,
-    backbone: Annotated[str | None, typer.Option(help="minilm | local folder | hub id.")] = None,
-    head: Annotated[str | None, typer.Option(help="Registered head name.")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Pooling type.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Max tokens per text.")] = None,
-    max_train_samples: Annotated[
-        int | None, typer.Option(help="Use the first N rows after a seeded shuffle.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    preset: Annotated[str, typer.Option(help="quick | default | competition")] = "default",
-    config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key.")] = None,
+    backbone: Backbone = None,
+    head: HeadName = None,
+    pooling: Pooling = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrainSamples = None,
+    seed: Seed = None,
+    preset: Preset = "default",
+    config: ConfigFile = None,
+    set_: Sets = None,
 ) -> None:
     """K-fold cross-validation: fold models, oof.csv, per-fold and overall metrics, fold-averaged test predictions.
 
