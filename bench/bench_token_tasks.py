@@ -306,6 +306,14 @@ def bench_qa(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "head_learning_rate": args.qa_recipe_head_lr,
             **{k: m[k] for k in ("exact_match", "f1", "train_seconds")},
         }
+        if args.qa_recipe_epochs:  # the same head learning rate, trained for longer
+            recipe.training.epochs = args.qa_recipe_epochs
+            m = run_bertkit("qa", src / "train.json", work / "bertkit_qa_recipe", recipe, test_file, test_file)
+            res["bertkit_head_lr_more_epochs"] = {
+                "head_learning_rate": args.qa_recipe_head_lr,
+                "epochs": args.qa_recipe_epochs,
+                **{k: m[k] for k in ("exact_match", "f1", "train_seconds")},
+            }
     return res
 
 
@@ -447,6 +455,17 @@ def bench_span(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "train_sentences": args.ner_train_rows,
         **{k: m[k] for k in ("f1", "precision", "recall", "train_seconds")},
     }
+    if args.span_recipe_head_lr:  # a fresh span classifier over ~T*max_span_len candidates needs a faster head
+        recipe = copy.deepcopy(cfg)
+        recipe.training.head_learning_rate = args.span_recipe_head_lr
+        recipe.training.epochs = args.span_recipe_epochs or args.ner_epochs
+        m = run_bertkit("ner", src / "train.conll", work / "span_conll_recipe", recipe, valid_file, test_file)
+        res["conll_recipe"] = {
+            "train_sentences": args.ner_train_rows,
+            "head_learning_rate": args.span_recipe_head_lr,
+            "epochs": recipe.training.epochs,
+            **{k: m[k] for k in ("f1", "precision", "recall", "train_seconds")},
+        }
     return res
 
 
@@ -476,16 +495,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--qa-doc-stride", type=int, default=128)
     p.add_argument("--qa-recipe-head-lr", type=float, default=1e-3,
                    help="also run bertkit with this head learning rate (0: skip)")  # fmt: skip
+    p.add_argument("--qa-recipe-epochs", type=float, default=6,
+                   help="also run the head-LR recipe for this many epochs (0: skip)")  # fmt: skip
     p.add_argument("--re-train-rows", type=int, default=None, help="default: all 8,000 rows")
     p.add_argument("--re-eval-rows", type=int, default=None)
     p.add_argument("--re-epochs", type=float, default=2)
     p.add_argument("--span-rows", type=int, default=600)
     p.add_argument("--span-epochs", type=float, default=6)
+    p.add_argument("--span-recipe-head-lr", type=float, default=1e-3,
+                   help="also run the CoNLL span head with this head learning rate (0: skip)")  # fmt: skip
+    p.add_argument("--span-recipe-epochs", type=float, default=3)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "token_tasks.json"))
     args = p.parse_args(argv)
     if args.smoke:
         args.ner_train_rows, args.ner_eval_rows, args.qa_train_rows, args.qa_eval_rows = 300, 300, 100, 60
-        args.qa_epochs = 1
+        args.qa_epochs, args.qa_recipe_epochs, args.span_recipe_epochs = 1, 1, 1
         args.re_train_rows, args.re_eval_rows, args.re_epochs = 400, 300, 1
         args.span_rows, args.span_epochs = 150, 8
     if args.threads:
@@ -512,13 +536,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     rows = []
     for task, keys in (("ner", ("f1", "strict_f1", "precision", "recall", "invalid_sequences", "train_seconds")),
-                       ("qa", ("exact_match", "f1", "train_seconds")),
+                       ("qa", ("exact_match", "f1", "epochs", "head_learning_rate", "train_seconds")),
                        ("relation", ("macro_f1", "accuracy", "official_macro_f1", "train_seconds"))):  # fmt: skip
         for system, vals in results.get(task, {}).items():
             if isinstance(vals, dict) and system not in ("args",):
                 rows.append((task, system, "  ".join(f"{k}={vals[k]:.4g}" for k in keys if k in vals)))
     if "span" in results:
-        for part in ("constructed", "conll"):
+        for part in ("constructed", "conll", "conll_recipe"):
+            if part not in results["span"]:
+                continue
             vals = results["span"][part]
             extra = ("discontiguous_recall",) if part == "constructed" else ()
             rows.append(
