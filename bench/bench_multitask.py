@@ -152,9 +152,13 @@ def exp_strategies(args: argparse.Namespace) -> dict[str, Any]:
         "S3b": {"strategy": "s3b", "levels": {"conll": 1, "sst2": 2, "trec": 2}},
         "S4": {"strategy": "s4"},
     }
+    chosen = args.strategies.split(",") if args.strategies else list(configs)
+    unknown = sorted(set(chosen) - set(configs))
+    if unknown:
+        raise SystemExit(f"unknown strategies {unknown}; choose from {', '.join(configs)}")
     return {
-        name: run(name, tasks, args, adapters=a, check_roundtrip=True, learning_rate=args.lora_lr)
-        for name, a in configs.items()
+        name: run(name, tasks, args, adapters=configs[name], check_roundtrip=True, learning_rate=args.lora_lr)
+        for name in chosen
     }
 
 
@@ -206,6 +210,7 @@ def exp_mbti(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="all", choices=["all", "mtl", "strategies", "parity", "mbti"])
+    p.add_argument("--strategies", default="", help="comma-separated subset of S1,S2,S3a_attention,...")
     p.add_argument("--backbone", default="minilm")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--train-samples", type=int, default=400)

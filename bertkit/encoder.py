@@ -18,6 +18,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import ConfigError, ModelFolderError
+from bertkit.first_token import install_first_token_shortcut, supports_first_token_shortcut
 from bertkit.pooling import cls_pool, last_pool, max_pool, mean_pool
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,15 @@ class BertCore(nn.Module):
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self._layers = self._find_layers()
+        # the last layer can compute the first token alone for heads that read nothing else (first_token.py)
+        last = self._layers[-1]
+        self.supports_first_token_only = (
+            not self.decoder_only
+            and self.cnn is None
+            and not config.gradient_checkpointing
+            and supports_first_token_shortcut(last, self.hf_config)
+            and install_first_token_shortcut(last, self.hidden_size)
+        )
 
     @staticmethod
     def _load(fn: Any, *args: Any, attn: str, **kwargs: Any) -> nn.Module:
@@ -300,8 +310,14 @@ class BertCore(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        first_token_only: bool = False,
     ) -> BertOutput:
-        """Encode ``input_ids [B, T]`` into a :class:`BertOutput`."""
+        """Encode ``input_ids [B, T]`` into a :class:`BertOutput`.
+
+        With ``first_token_only`` (honoured where ``supports_first_token_only``, without hidden states or
+        gradient checkpointing) the last layer runs for the first token alone: ``last_hidden_state`` and
+        ``attention_mask`` are then ``[B, 1, H]`` and ``[B, 1]``, and the first token's values are unchanged.
+        """
         if attention_mask is None:
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
@@ -315,7 +331,22 @@ class BertCore(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         if self.decoder_only:
             kwargs["use_cache"] = False
-        out = self.model(**kwargs)
+        shortcut = (
+            first_token_only
+            and self.supports_first_token_only
+            and not want_all
+            and not self._checkpointing_active()
+        )
+        if shortcut:
+            last: Any = self._layers[-1]
+            last.first_token_only = True
+            try:
+                out = self.model(**kwargs)
+            finally:
+                last.first_token_only = False
+            attention_mask = attention_mask[:, :1]  # [B, 1]: the only position computed
+        else:
+            out = self.model(**kwargs)
         hidden = out.last_hidden_state  # [B, T, H]
         if self.cnn is not None:
             hidden = self.cnn(hidden, attention_mask)
@@ -328,6 +359,13 @@ class BertCore(nn.Module):
             pooler_output=pooler,
             hidden_states=tuple(out.hidden_states) if want_all and out.hidden_states is not None else None,
         )
+
+    def _checkpointing_active(self) -> bool:
+        """Whether activation checkpointing was switched on after construction (the shortcut cannot recompute)."""
+        for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # newer name first
+            if hasattr(type(self.model), name):
+                return bool(getattr(self.model, name))
+        return False
 
     def get_input_embeddings(self) -> nn.Module:
         """The token embedding table (for adversarial training and resizing)."""

@@ -66,6 +66,8 @@ class BertWithHead(nn.Module):
         self.head = head
         self.tokenizer = tokenizer
         self.metadata: dict[str, Any] = dict(metadata or {})
+        # heads that read only the [CLS] state let the last encoder layer skip the other tokens (first_token.py)
+        self.first_token_shortcut = True
         if tokenizer is not None and bert.decoder_only:
             tokenizer.padding_side = "left"
 
@@ -113,7 +115,8 @@ class BertWithHead(nn.Module):
                 self.bert, input_ids, attention_mask, token_type_ids, **kwargs
             )
         else:
-            encoded = self.bert(input_ids, attention_mask, token_type_ids)
+            first_only = self.first_token_shortcut and self.head.reads_first_token_only
+            encoded = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=first_only)
             outputs = self.head(encoded, encoded.attention_mask, input_ids=input_ids, **kwargs)
         if labels is not None:
             outputs["loss"] = self.head.compute_loss(outputs, labels)

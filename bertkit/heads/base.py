@@ -130,6 +130,21 @@ class BaseHead(nn.Module):
         self._build_output_layer()
         self._build_loss_function()
 
+    @property
+    def reads_first_token_only(self) -> bool:
+        """True when the outputs depend on the encoder's first-token state alone (``cls``/``pooler`` pooling,
+        no token blocks, the base ``forward``): the encoder may then skip the rest of its last layer."""
+        cls = type(self)
+        return (
+            self.level == "sequence"
+            and cls.forward is BaseHead.forward
+            and cls._apply_pooling is BaseHead._apply_pooling
+            and cls._unpack is BaseHead._unpack
+            and self.token_blocks is None
+            and self.pooler is not None
+            and self.pooler.pooling_type in (PoolingType.CLS.value, PoolingType.POOLER.value)
+        )
+
     # ------------------------------------------------------------ build hooks
     @staticmethod
     def default_output_size(config: HeadConfig) -> int:

@@ -138,7 +138,12 @@ class MultiTaskTrainer:
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self, split: str = "valid") -> dict[str, dict[str, float]]:
-        """Every task's metrics on ``split`` (``valid`` or ``test``; tasks without that split are skipped)."""
+        """Every task's metrics on ``split`` (``valid`` or ``test``; tasks without that split are skipped).
+
+        Validation runs under the training precision (bf16/fp16 autocast on a GPU); the test split in full
+        precision, as ``bertkit evaluate`` scores the saved model, so metrics.json and a reload agree exactly.
+        """
+        autocast = None if split == "test" else self.accelerator.autocast
         out: dict[str, dict[str, float]] = {}
         for task, data in self.tasks.items():
             ds = getattr(data, split)
@@ -151,7 +156,7 @@ class MultiTaskTrainer:
                 self.collators[task],
                 self.config.eval_batch_size,
                 self.accelerator.device,
-                self.accelerator.autocast,
+                autocast,
             )
             out[task] = task_metrics(self.model, data, split, outputs)
         return out
