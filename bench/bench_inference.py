@@ -220,7 +220,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     raw = "model.raw.onnx"  # what a plain torch.onnx.export gives (the model's own attention, no fusions)
     if not (export_dir / raw).is_file():
-        trace_onnx(model, export_dir / raw, "full", DEFAULT_OPSET)
+        # the anchor is the Hugging Face model's plain export: every token through every layer, so bertkit's
+        # first-token shortcut (bertkit/first_token.py) is off for this trace
+        model.first_token_shortcut = False
+        try:
+            trace_onnx(model, export_dir / raw, "full", DEFAULT_OPSET)
+        finally:
+            model.first_token_shortcut = True
     runs: list[tuple[str, str]] = []
     if "ort_fp32" in backends:
         runs += [("ort_fp32_plain_export", raw), ("ort_fp32", "model.onnx")]

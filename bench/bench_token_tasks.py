@@ -308,7 +308,9 @@ def bench_qa(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         }
         if args.qa_recipe_epochs:  # the same head learning rate, trained for longer
             recipe.training.epochs = args.qa_recipe_epochs
-            m = run_bertkit("qa", src / "train.json", work / "bertkit_qa_recipe", recipe, test_file, test_file)
+            m = run_bertkit(
+                "qa", src / "train.json", work / "bertkit_qa_recipe", recipe, test_file, test_file
+            )
             res["bertkit_head_lr_more_epochs"] = {
                 "head_learning_rate": args.qa_recipe_head_lr,
                 "epochs": args.qa_recipe_epochs,
@@ -455,7 +457,9 @@ def bench_span(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "train_sentences": args.ner_train_rows,
         **{k: m[k] for k in ("f1", "precision", "recall", "train_seconds")},
     }
-    if args.span_recipe_head_lr:  # a fresh span classifier over ~T*max_span_len candidates needs a faster head
+    if (
+        args.span_recipe_head_lr
+    ):  # a fresh span classifier over ~T*max_span_len candidates needs a faster head
         recipe = copy.deepcopy(cfg)
         recipe.training.head_learning_rate = args.span_recipe_head_lr
         recipe.training.epochs = args.span_recipe_epochs or args.ner_epochs
