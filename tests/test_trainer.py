@@ -184,3 +184,24 @@ def test_one_process_trains_with_different_precisions_in_turn(tokenizer, tmp_pat
         result = trainer.train(train, train)
         assert result.global_step == 2 and np.isfinite(result.val_metrics["loss"])
     assert seen == ["no", "bf16", "no"]
+
+
+def test_final_scores_use_full_precision(tokenizer, tmp_path: Path) -> None:
+    """Validation runs under the training autocast; final scoring (full_precision) never enters it."""
+    data, profile = _demo_data(tokenizer, slice(0, 40))
+    trainer = EnhancedTrainer(
+        model=_tiny(tokenizer, profile), output_dir=tmp_path, config=TrainingConfig(progress=False)
+    )
+    entered: list[int] = []
+    real = trainer.accelerator.autocast
+
+    def spy(*args, **kwargs):
+        entered.append(1)
+        return real(*args, **kwargs)
+
+    trainer.accelerator.autocast = spy
+    metrics, _ = trainer.evaluate(data)
+    assert entered  # training precision
+    entered.clear()
+    again, _ = trainer.evaluate(data, full_precision=True)
+    assert not entered and set(again) == set(metrics)

@@ -254,7 +254,7 @@ def train_run(
             split_metrics, outputs = (
                 chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, np.asarray(ds.targets))
                 if windows
-                else trainer.evaluate(ds)
+                else trainer.evaluate(ds, full_precision=True)  # as `bertkit evaluate` scores the saved model
             )
             if post:
                 outputs = apply_postprocess(post, outputs)
@@ -267,7 +267,7 @@ def train_run(
             raw_out = (
                 chunked_evaluate(trainer, frame.iloc[rows], profile, cfg, None)[1]
                 if windows
-                else trainer.predict(ds)
+                else trainer.predict(ds, full_precision=True)
             )
             outputs = apply_postprocess(post, raw_out)
         pred = prediction_frame(

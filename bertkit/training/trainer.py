@@ -164,22 +164,30 @@ class Trainer:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
     # ------------------------------------------------------------- inference
-    def predict(self, dataset: TokenizedDataset, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Outputs over ``dataset`` in its original order (length-sorted batches inside), plus ``loss``."""
+    def predict(
+        self, dataset: TokenizedDataset, batch_size: int | None = None, full_precision: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Outputs over ``dataset`` in its original order (length-sorted batches inside), plus ``loss``.
+
+        Runs under the training precision (bf16/fp16 autocast on a GPU) unless ``full_precision``: the final
+        test scores use fp32, as ``bertkit evaluate`` does on the saved model, so the two agree exactly.
+        """
         return predict_outputs(
             self.model,
             dataset,
             self.collator,
             batch_size or self.config.eval_batch_size,
             self.accelerator.device,
-            self.accelerator.autocast,
+            None if full_precision else self.accelerator.autocast,
         )
 
-    def evaluate(self, dataset: TokenizedDataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def evaluate(
+        self, dataset: TokenizedDataset, full_precision: bool = False
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Loss and the head's metrics on a labelled dataset; also returns the raw outputs."""
         if dataset.targets is None and self.metrics_fn is None:
             raise ConfigError("evaluate() needs a dataset with targets")
-        outputs = self.predict(dataset)
+        outputs = self.predict(dataset, full_precision=full_precision)
         metrics = {"loss": float(outputs.pop("loss"))} if "loss" in outputs else {}
         if self.metrics_fn is not None:
             metrics.update(self.metrics_fn(outputs, dataset))
