@@ -130,13 +130,55 @@ def run(
     return row
 
 
+MTL_VARIANTS = {
+    "none": ("multitask", {"gradient_surgery": "none"}),
+    "pcgrad": ("multitask_pcgrad", {"gradient_surgery": "pcgrad"}),
+    "pcgrad_mean_norm": (
+        "multitask_pcgrad_mean_norm",
+        {"gradient_surgery": "pcgrad", "gradient_balance": "mean_norm"},
+    ),
+}
+SAME_SIZE_ARGS = (
+    "backbone",
+    "steps",
+    "train_samples",
+    "eval_samples",
+    "batch_size",
+    "max_length",
+    "lr",
+    "seed",
+)
+
+
+def previous_singles(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Single-task rows of an earlier ``--experiment mtl`` result with the same sizes (``--singles-from``)."""
+    if not args.singles_from:
+        return {}
+    old = json.loads(Path(args.singles_from).read_text())
+    differ = [k for k in SAME_SIZE_ARGS if old["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--singles-from {args.singles_from} was run with other {', '.join(differ)}")
+    matched: dict[int, dict[str, Any]] = {args.steps: old["mtl"]["single"]}
+    for label, res in old["mtl"].items():  # the same-steps baselines of the earlier multi-task rows
+        for t, same in res.get("single_same_steps", {}).items():
+            matched.setdefault(int(same["steps"]), {})[t] = {"test": {t: same["test"]}, "reused": label}
+    return matched
+
+
 def exp_mtl(args: argparse.Namespace) -> dict[str, Any]:
     tasks = task_specs(args)
-    single = {t: run(f"single_{t}", {t: spec}, args) for t, spec in tasks.items()}
+    matched = previous_singles(args)  # single-task runs by their step count
+    if args.steps not in matched:
+        matched[args.steps] = {t: run(f"single_{t}", {t: spec}, args) for t, spec in tasks.items()}
+    single = matched[args.steps]
     out: dict[str, Any] = {"single": single}
-    matched: dict[int, dict[str, Any]] = {args.steps: single}  # single-task runs by their step count
-    for label, surgery in (("multitask", "none"), ("multitask_pcgrad", "pcgrad")):
-        res = run(label, tasks, args, gradient_surgery=surgery)
+    for variant in args.mtl_variants.split(","):
+        if variant not in MTL_VARIANTS:
+            raise SystemExit(
+                f"unknown --mtl-variants entry {variant!r}; choose from {', '.join(MTL_VARIANTS)}"
+            )
+        label, extra = MTL_VARIANTS[variant]
+        res = run(label, tasks, args, **extra)
         # "the same number of steps on that task": a single-task model trained for as many optimiser steps as
         # the multi-task run gave the task (proportional sampling splits the steps; PCGrad gives every task
         # every step), beside the full-budget single-task model
@@ -226,6 +268,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="all", choices=["all", "mtl", "strategies", "parity", "mbti"])
     p.add_argument("--strategies", default="", help="comma-separated subset of S1,S2,S3a_attention,...")
+    p.add_argument(
+        "--mtl-variants",
+        default="none,pcgrad,pcgrad_mean_norm",
+        help="multi-task runs of --experiment mtl: none (task sampling), pcgrad, pcgrad_mean_norm",
+    )
+    p.add_argument(
+        "--singles-from",
+        default=None,
+        help="an earlier --experiment mtl JSON with the same sizes: reuse its single-task baselines",
+    )
     p.add_argument("--backbone", default="minilm")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--train-samples", type=int, default=400)

@@ -268,3 +268,38 @@ def test_mbti_preset_single_task(tmp_path: Path, tokenizer) -> None:
     )
     out = model.predict(["a quiet INTJ person", "loud"], "mbti", return_probabilities=True)
     assert len(out[0]["prediction"]) == 4 and set(out[0]["probabilities"]) == set("EISNTFJP")
+
+
+def test_multitask_test_split_is_scored_in_full_precision(tmp_path: Path, monkeypatch) -> None:
+    """Validation runs under the training autocast; the test split (metrics.json) never enters it."""
+    import yaml
+
+    import bertkit.multitask.trainer as mt_trainer
+    from bertkit.multitask.runner import train_multitask
+
+    _write_tiny_data(tmp_path)
+    path = _yaml(tmp_path, gradient_surgery="pcgrad", eval_every=1, steps=2, auto_batch_size=False)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tasks"]["sentiment"]["valid"] = "sent.csv"
+    path.write_text(yaml.safe_dump(cfg))
+    seen: list[tuple[str, bool]] = []
+    split_now = ["?"]
+    real_eval, real_outputs = mt_trainer.MultiTaskTrainer.evaluate, mt_trainer.run_outputs
+
+    def evaluate(self, split: str = "valid"):
+        split_now[0] = split
+        return real_eval(self, split)
+
+    def outputs(*args, **kwargs):
+        seen.append((split_now[0], args[6] is not None))  # (split, runs under autocast)
+        return real_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(mt_trainer.MultiTaskTrainer, "evaluate", evaluate)
+    monkeypatch.setattr(mt_trainer, "run_outputs", outputs)
+    metrics = train_multitask(path, tmp_path / "run")
+    assert ("valid", True) in seen and ("test", True) not in seen
+    assert {s for s, _ in seen} == {"valid", "test"}
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    # PCGrad logs each task's shared-gradient norm beside its loss
+    assert {"grad_norm_sentiment", "grad_norm_ner", "grad_norm_mbti"} <= set(history.columns)
+    assert (history["grad_norm_ner"].dropna() > 0).all() and metrics["global_step"] == 2

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from bertkit.errors import ConfigError
-from bertkit.multitask.pcgrad import PCGradAccumulator, count_conflicts, pcgrad_project
+from bertkit.multitask.pcgrad import (
+    PCGradAccumulator,
+    balance_norms,
+    count_conflicts,
+    pcgrad_project,
+)
 
 
 def _manual(gi: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
@@ -82,3 +87,39 @@ def test_accumulator_projects_shared_and_keeps_task_gradients() -> None:
     assert acc.apply() == 1
     expected = sum(pcgrad_project([torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])]))
     assert torch.allclose(shared.weight.grad.view(-1), expected)
+
+
+def test_balance_norms_equalises_to_the_mean_and_keeps_zeros() -> None:
+    g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0]), torch.zeros(2)]  # norms 5, 1, 0
+    out = balance_norms(g)
+    assert [round(float(x.norm()), 6) for x in out] == [3.0, 3.0, 0.0]  # mean of the non-zero norms
+    assert torch.allclose(out[0], torch.tensor([1.8, 2.4])) and torch.allclose(
+        out[1], torch.tensor([0.0, 3.0])
+    )
+    assert all(torch.equal(a, b) for a, b in zip(balance_norms([torch.zeros(3)]), [torch.zeros(3)]))
+
+
+def test_accumulator_balances_before_projecting() -> None:
+    shared = nn.Linear(2, 1, bias=False)
+    acc = PCGradAccumulator(list(shared.parameters()), balance="mean_norm")
+    x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    (10.0 * shared(x)).sum().backward()  # [10, 0]
+    acc.collect()
+    (-shared(x) + shared(y)).sum().backward()  # [-1, 1]: conflicts, 7x smaller
+    acc.collect()
+    assert acc.norms == pytest.approx([10.0, 2**0.5])
+    assert acc.apply() == 1
+    raw = [torch.tensor([10.0, 0.0]), torch.tensor([-1.0, 1.0])]
+    expected = sum(pcgrad_project(balance_norms(raw)))
+    assert torch.allclose(shared.weight.grad.view(-1), expected)
+    assert not torch.allclose(expected, sum(pcgrad_project(raw)))  # the balancing changed the update
+    with pytest.raises(ConfigError, match="mean_norm"):
+        PCGradAccumulator(list(shared.parameters()), balance="max")
+
+
+def test_gradient_balance_needs_pcgrad() -> None:
+    from bertkit.multitask.config import MultiTaskTrainingConfig
+
+    assert MultiTaskTrainingConfig(gradient_surgery="pcgrad", gradient_balance="mean_norm").gradient_balance
+    with pytest.raises(ConfigError, match="gradient_surgery: pcgrad"):
+        MultiTaskTrainingConfig(gradient_balance="mean_norm")

@@ -28,7 +28,7 @@ from bertkit.multitask.parity import (
     build_ablation_models,
     count_trainable_parameters,
 )
-from bertkit.multitask.pcgrad import PCGradAccumulator, pcgrad_project
+from bertkit.multitask.pcgrad import PCGradAccumulator, balance_norms, pcgrad_project
 from bertkit.multitask.sampling import TaskSampler, UncertaintyWeighting, sampling_probabilities
 from bertkit.multitask.trainer import MultiTaskResult, MultiTaskTrainer
 
@@ -56,6 +56,7 @@ __all__ = [
     "TaskSpec",
     "UncertaintyWeighting",
     "assert_parameter_parity",
+    "balance_norms",
     "build_ablation_models",
     "count_trainable_parameters",
     "create_multi_task_model",

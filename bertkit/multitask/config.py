@@ -156,6 +156,9 @@ class MultiTaskTrainingConfig(TrainingConfig):
         loss_weighting: ``static`` (each task's ``weight``) or ``uncertainty`` (learned, Kendall et al. 2018).
         gradient_surgery: ``none`` or ``pcgrad`` (every step takes one batch of every task and projects
             conflicting gradients on the shared parameters, Yu et al. 2020).
+        gradient_balance: with PCGrad, ``none`` (the paper's sum) or ``mean_norm`` (rescale every task's
+            shared gradient to the mean task-gradient norm before the projection, so a task with small
+            gradients — e.g. token-level NER beside sentence classification — is not drowned out).
         eval_every: evaluate every N steps (0: ~10 evaluations per run).
         auto_batch_size: before training, find the largest batch size up to ``batch_size`` whose
             forward + backward on every task's longest examples fits in memory (halving on out-of-memory).
@@ -166,6 +169,7 @@ class MultiTaskTrainingConfig(TrainingConfig):
     temperature: float = 2.0
     loss_weighting: str = "static"
     gradient_surgery: str = "none"
+    gradient_balance: str = "none"
     eval_every: int = 0
     auto_batch_size: bool = False
     calibrate: bool = False
@@ -179,6 +183,14 @@ class MultiTaskTrainingConfig(TrainingConfig):
         self.gradient_surgery = check_choice(
             "training.gradient_surgery", self.gradient_surgery, ("none", "pcgrad")
         )
+        self.gradient_balance = check_choice(
+            "training.gradient_balance", self.gradient_balance, ("none", "mean_norm")
+        )
+        if self.gradient_balance != "none" and self.gradient_surgery != "pcgrad":
+            raise ConfigError(
+                "training.gradient_balance needs every task's gradient at each step; "
+                "set training.gradient_surgery: pcgrad (or gradient_balance: none)"
+            )
         if self.temperature <= 0:
             raise ConfigError(f"training.temperature must be > 0, got {self.temperature}")
         if self.steps < 0 or self.eval_every < 0:

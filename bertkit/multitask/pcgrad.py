@@ -11,6 +11,13 @@ gradient ``g_j`` (``g_i · g_j < 0``) projected out, visiting the other tasks in
 and the update uses ``Σ_i g_i'``. Task-specific parameters (heads, private adapters) keep their ordinary
 gradients. :func:`pcgrad_project` is the pure formula; :class:`PCGradAccumulator` applies it to a model
 whose tasks are back-propagated one after the other.
+
+Optional norm balancing (``gradient_balance="mean_norm"``, :func:`balance_norms`): before the projection
+every task gradient is rescaled to the mean of the task gradient norms, ``g_i ← g_i · mean_j‖g_j‖ / ‖g_i‖``.
+Adam normalises the *summed* shared gradient per coordinate, so a task whose gradient is several times
+smaller than the others' (a token-level loss averaged over many tokens beside sentence-level ones) is
+otherwise left with a fraction of its learning rate — the equal-magnitude target of GradNorm (Chen et al.
+2018), applied directly instead of through learned loss weights.
 """
 
 from __future__ import annotations
@@ -64,6 +71,24 @@ def pcgrad_project(
     return out
 
 
+def balance_norms(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Rescale every non-zero task gradient to the mean norm of the non-zero ones.
+
+    Args:
+        grads: one gradient per task (any shapes).
+
+    Returns:
+        ``g_i · m / ‖g_i‖`` with ``m`` the mean of the non-zero norms; zero gradients stay zero (a task that
+        does not reach the shared parameters is not inflated).
+    """
+    norms = [float(g.float().norm()) for g in grads]
+    nonzero = [n for n in norms if n > 0.0]
+    if not nonzero:
+        return [g.clone() for g in grads]
+    target = sum(nonzero) / len(nonzero)
+    return [g * (target / n) if n > 0.0 else g.clone() for g, n in zip(grads, norms, strict=True)]
+
+
 def count_conflicts(grads: Sequence[torch.Tensor]) -> int:
     """Number of task pairs whose gradients conflict (negative dot product)."""
     flat = [g.reshape(-1).float() for g in grads]
@@ -86,14 +111,22 @@ class PCGradAccumulator:
     Args:
         shared_params: the parameters every task updates (encoder, shared adapters, shared fusion).
         generator: random source of the projection orders.
+        balance: ``none`` or ``mean_norm`` (:func:`balance_norms` before the projection).
     """
 
     def __init__(
-        self, shared_params: Sequence[nn.Parameter], generator: torch.Generator | None = None
+        self,
+        shared_params: Sequence[nn.Parameter],
+        generator: torch.Generator | None = None,
+        balance: str = "none",
     ) -> None:
+        if balance not in ("none", "mean_norm"):
+            raise ConfigError(f"PCGrad balance must be 'none' or 'mean_norm', got {balance!r}")
         self.params = [p for p in shared_params if p.requires_grad]
         self.generator = generator
+        self.balance = balance
         self.grads: list[torch.Tensor] = []
+        self.norms: list[float] = []  # ||g_i|| of each collected task gradient, before any projection
 
     def collect(self) -> None:
         """Store the shared gradient of the task just back-propagated and reset it to None."""
@@ -103,14 +136,17 @@ class PCGradAccumulator:
                 torch.zeros(p.numel(), device=p.device) if p.grad is None else p.grad.reshape(-1).float()
             )
             p.grad = None
-        self.grads.append(torch.cat(parts) if parts else torch.zeros(0))
+        flat = torch.cat(parts) if parts else torch.zeros(0)  # [P]
+        self.grads.append(flat)
+        self.norms.append(float(flat.norm()))
 
     def apply(self) -> int:
         """Write ``Σ_i g_i'`` into the shared parameters' ``.grad``; returns the number of conflicting pairs."""
         if not self.grads or not self.params:
             return 0
         conflicts = count_conflicts(self.grads)
-        total = torch.stack(pcgrad_project(self.grads, self.generator)).sum(0)  # [P]
+        grads = balance_norms(self.grads) if self.balance == "mean_norm" else self.grads
+        total = torch.stack(pcgrad_project(grads, self.generator)).sum(0)  # [P]
         offset = 0
         for p in self.params:
             n = p.numel()

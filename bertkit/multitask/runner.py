@@ -108,6 +108,7 @@ def train_multitask(
             "sampling_probabilities": result.sampling_probabilities,
             "sampling": tr.sampling,
             "gradient_surgery": tr.gradient_surgery,
+            "gradient_balance": tr.gradient_balance,
             "loss_weighting": tr.loss_weighting,
         },
         "load_plan": model.metadata.get("load_plan"),

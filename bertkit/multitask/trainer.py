@@ -212,6 +212,7 @@ class MultiTaskTrainer:
         best: dict[str, Any] = {"score": None, "step": None, "weights": None, "metrics": {}, "bad": 0}
         task_steps = dict.fromkeys(self.tasks, 0)
         running: dict[str, list[float]] = {t: [] for t in self.tasks}
+        grad_norms: dict[str, list[float]] = {t: [] for t in self.tasks}  # PCGrad: shared-gradient norms
         conflicts, seconds = 0, 0.0
         shared_params = model.task_parameters()[0] if pcgrad else []
         progress = self._progress(total)
@@ -225,7 +226,7 @@ class MultiTaskTrainer:
                 shared_params = model.task_parameters()[0] if pcgrad else []
             # 1-3. one task's batch (or every task's with PCGrad), weighted loss, backward
             step_tasks = list(self.tasks) if pcgrad else [next(sampler)]
-            surgery = PCGradAccumulator(shared_params, generator) if pcgrad else None
+            surgery = PCGradAccumulator(shared_params, generator, cfg.gradient_balance) if pcgrad else None
             for task in step_tasks:
                 batch = self._batch(task, streams[task])
                 with acc.autocast():
@@ -233,6 +234,7 @@ class MultiTaskTrainer:
                     acc.backward(self.weighting(task, loss))
                 if surgery is not None:
                     surgery.collect()
+                    grad_norms[task].append(surgery.norms[-1])
                 running[task].append(float(loss.detach()))
                 task_steps[task] += 1
             if surgery is not None:
@@ -249,8 +251,10 @@ class MultiTaskTrainer:
             if step % cfg.log_every == 0 or step == total:
                 row: dict[str, Any] = {"step": step, "lr": scheduler.get_last_lr()[-1]}
                 row.update({f"train_loss_{t}": float(np.mean(v)) for t, v in running.items() if v})
+                row.update({f"grad_norm_{t}": float(np.mean(v)) for t, v in grad_norms.items() if v})
                 history.append(row)
                 running = {t: [] for t in self.tasks}
+                grad_norms = {t: [] for t in self.tasks}
             if has_valid and (step % eval_every == 0 or step == total):
                 metrics = self.evaluate("valid")
                 score = self.score(metrics)
