@@ -137,6 +137,16 @@ MTL_VARIANTS = {
         "multitask_pcgrad_mean_norm",
         {"gradient_surgery": "pcgrad", "gradient_balance": "mean_norm"},
     ),
+    # PCGrad sums K task gradients and AdamW normalises the sum per coordinate: each task moves ~1/sqrt(K) as
+    # far per step as alone, so this variant also multiplies the learning rate by sqrt(K)
+    "pcgrad_sqrtk_lr": (
+        "multitask_pcgrad_sqrtk_lr",
+        {"gradient_surgery": "pcgrad", "lr_scale": "sqrt_tasks"},
+    ),
+    "pcgrad_mean_norm_sqrtk_lr": (
+        "multitask_pcgrad_mean_norm_sqrtk_lr",
+        {"gradient_surgery": "pcgrad", "gradient_balance": "mean_norm", "lr_scale": "sqrt_tasks"},
+    ),
 }
 SAME_SIZE_ARGS = (
     "backbone",
@@ -178,6 +188,9 @@ def exp_mtl(args: argparse.Namespace) -> dict[str, Any]:
                 f"unknown --mtl-variants entry {variant!r}; choose from {', '.join(MTL_VARIANTS)}"
             )
         label, extra = MTL_VARIANTS[variant]
+        extra = dict(extra)
+        if extra.pop("lr_scale", None) == "sqrt_tasks":
+            extra["learning_rate"] = args.lr * len(tasks) ** 0.5
         res = run(label, tasks, args, **extra)
         # "the same number of steps on that task": a single-task model trained for as many optimiser steps as
         # the multi-task run gave the task (proportional sampling splits the steps; PCGrad gives every task
@@ -271,7 +284,7 @@ def main() -> None:
     p.add_argument(
         "--mtl-variants",
         default="none,pcgrad,pcgrad_mean_norm",
-        help="multi-task runs of --experiment mtl: none (task sampling), pcgrad, pcgrad_mean_norm",
+        help="multi-task runs of --experiment mtl: " + ", ".join(MTL_VARIANTS),
     )
     p.add_argument(
         "--singles-from",
