@@ -2,9 +2,11 @@
 
 Experiments (``--experiment``, default ``all``):
 
-* ``mtl``: SST-2 + TREC + CoNLL-2003 subsets on MiniLM — one multi-task model (full fine-tuning), without
-  and with PCGrad, against single-task models trained for the same number of optimiser steps; reports each
-  task's test metric and the gap in points.
+* ``mtl``: SST-2 + TREC + CoNLL-2003 subsets on MiniLM — one multi-task model (full fine-tuning) per
+  ``--mtl-variants`` entry (task sampling; PCGrad; PCGrad with mean-norm balancing; PCGrad at sqrt(K) x the
+  learning rate, with or without balancing) against single-task models trained for the same number of
+  optimiser steps; reports each task's test metric and the gap in points. ``--singles-from`` reuses the
+  single-task baselines of an earlier result file with the same sizes.
 * ``strategies``: the same three tasks under S1, S2, S3a (attention and gated fusion), S3b and S4:
   trainable parameters, test metrics, and a save → load check (the reloaded model's test metrics and loss
   must equal the in-run ones).
