@@ -286,8 +286,12 @@ def test_multitask_test_split_is_scored_in_full_precision(tmp_path: Path, monkey
     split_now = ["?"]
     real_eval, real_outputs = mt_trainer.MultiTaskTrainer.evaluate, mt_trainer.run_outputs
 
+    on_disk: list[int] = []
+
     def evaluate(self, split: str = "valid"):
         split_now[0] = split
+        if split == "valid" and (tmp_path / "run" / "history.csv").is_file():  # written at each evaluation
+            on_disk.append(int(pd.read_csv(tmp_path / "run" / "history.csv")["val_score"].notna().sum()))
         return real_eval(self, split)
 
     def outputs(*args, **kwargs):
@@ -299,6 +303,7 @@ def test_multitask_test_split_is_scored_in_full_precision(tmp_path: Path, monkey
     metrics = train_multitask(path, tmp_path / "run")
     assert ("valid", True) in seen and ("test", True) not in seen
     assert {s for s, _ in seen} == {"valid", "test"}
+    assert on_disk == [1]  # the step-1 evaluation was on disk before the step-2 one ran
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     # PCGrad logs each task's shared-gradient norm beside its loss
     assert {"grad_norm_sentiment", "grad_norm_ner", "grad_norm_mbti"} <= set(history.columns)

@@ -76,11 +76,10 @@ def train_multitask(
     )
     trainable = count_trainable_parameters(model)
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
-    trainer = MultiTaskTrainer(model, tasks, tr)
+    trainer = MultiTaskTrainer(model, tasks, tr, history_path=out / "history.csv")
     result = trainer.train()
     test = trainer.evaluate("test")
     model.save_pretrained(out / "model")
-    write_with_atomic(out / "history.csv", lambda p: result.history.to_csv(p, index=False))
     metrics: dict[str, Any] = {
         "valid": _summary(model, tasks, result.val_metrics),
         "test": _summary(model, tasks, test),

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 from bertkit.errors import ConfigError
+from bertkit.fileio import write_with_atomic
 from bertkit.multitask.config import MultiTaskTrainingConfig
 from bertkit.multitask.data import TaskData, collator_for, primary_metric, run_outputs, task_metrics
 from bertkit.multitask.pcgrad import PCGradAccumulator
@@ -61,10 +63,16 @@ class MultiTaskTrainer:
         model: the multi-task model (its tokenizer pads the batches).
         tasks: task name → :class:`~bertkit.multitask.data.TaskData` (train/valid datasets, weight).
         config: a :class:`~bertkit.multitask.config.MultiTaskTrainingConfig`.
+        history_path: where to (re)write the training history CSV after every evaluation, so a long or
+            interrupted run keeps its curves on disk (None: only the returned result holds it).
     """
 
     def __init__(
-        self, model: Any, tasks: dict[str, TaskData], config: MultiTaskTrainingConfig | None = None
+        self,
+        model: Any,
+        tasks: dict[str, TaskData],
+        config: MultiTaskTrainingConfig | None = None,
+        history_path: str | Path | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -84,6 +92,12 @@ class MultiTaskTrainer:
             raise ConfigError(f"no training data for task(s) {missing}")
         self.collators = {t: collator_for(d.kind, model.tokenizer) for t, d in self.tasks.items()}
         self.weighting = make_weighting(cfg.loss_weighting, {t: d.weight for t, d in self.tasks.items()})
+        self.history_path = Path(history_path) if history_path is not None else None
+
+    def _write_history(self, history: list[dict[str, Any]]) -> None:
+        if self.history_path is not None and history and self.accelerator.is_main_process:
+            frame = pd.DataFrame(history)
+            write_with_atomic(self.history_path, lambda p: frame.to_csv(p, index=False))
 
     # ---------------------------------------------------------------- helpers
     def _batch(self, task: str, stream: BatchStream) -> dict[str, Any]:
@@ -275,10 +289,12 @@ class MultiTaskTrainer:
                 else:
                     best["bad"] += 1
                 progress.set_postfix(val_score=f"{score:.4f}" if score is not None else "-", refresh=False)
+                self._write_history(history)
                 if cfg.early_stopping_patience and best["bad"] >= cfg.early_stopping_patience:
                     logger.info("early stopping at step %d (best step %s)", step, best["step"])
                     break
         progress.close()
+        self._write_history(history)
         last_step = step
         if best["weights"] is not None and best["step"] != last_step:
             model.load_state_dict(best["weights"], strict=False)
