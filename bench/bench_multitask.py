@@ -285,7 +285,7 @@ def main() -> None:
     p.add_argument("--strategies", default="", help="comma-separated subset of S1,S2,S3a_attention,...")
     p.add_argument(
         "--mtl-variants",
-        default="none,pcgrad,pcgrad_mean_norm",
+        default="none,pcgrad,pcgrad_mean_norm_sqrtk_lr",
         help="multi-task runs of --experiment mtl: " + ", ".join(MTL_VARIANTS),
     )
     p.add_argument(

@@ -24,6 +24,8 @@ import yaml
 from bertkit.config import ConfigBase, TrainingConfig, check_choice
 from bertkit.errors import ConfigError
 
+#: PCGrad gradient balancing before the projection (``training.gradient_balance``)
+GRADIENT_BALANCES = ("none", "mean_norm")
 #: adapter strategies (issue 8 / reference 004): "none" is full fine-tuning of the shared encoder
 STRATEGIES = ("none", "s1", "s2", "s3a", "s3b", "s4")
 STRATEGY_ALIASES = {
@@ -184,7 +186,7 @@ class MultiTaskTrainingConfig(TrainingConfig):
             "training.gradient_surgery", self.gradient_surgery, ("none", "pcgrad")
         )
         self.gradient_balance = check_choice(
-            "training.gradient_balance", self.gradient_balance, ("none", "mean_norm")
+            "training.gradient_balance", self.gradient_balance, GRADIENT_BALANCES
         )
         if self.gradient_balance != "none" and self.gradient_surgery != "pcgrad":
             raise ConfigError(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from bertkit.errors import ConfigError
+from bertkit.multitask.config import GRADIENT_BALANCES
 
 
 def pcgrad_project(
@@ -71,17 +72,18 @@ def pcgrad_project(
     return out
 
 
-def balance_norms(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def balance_norms(grads: Sequence[torch.Tensor], norms: Sequence[float] | None = None) -> list[torch.Tensor]:
     """Rescale every non-zero task gradient to the mean norm of the non-zero ones.
 
     Args:
         grads: one gradient per task (any shapes).
+        norms: their norms when already known (the accumulator measures them as it collects).
 
     Returns:
         ``g_i · m / ‖g_i‖`` with ``m`` the mean of the non-zero norms; zero gradients stay zero (a task that
         does not reach the shared parameters is not inflated).
     """
-    norms = [float(g.float().norm()) for g in grads]
+    norms = list(norms) if norms is not None else [float(g.float().norm()) for g in grads]
     nonzero = [n for n in norms if n > 0.0]
     if not nonzero:
         return [g.clone() for g in grads]
@@ -120,8 +122,10 @@ class PCGradAccumulator:
         generator: torch.Generator | None = None,
         balance: str = "none",
     ) -> None:
-        if balance not in ("none", "mean_norm"):
-            raise ConfigError(f"PCGrad balance must be 'none' or 'mean_norm', got {balance!r}")
+        if balance not in GRADIENT_BALANCES:
+            raise ConfigError(
+                f"PCGrad balance must be one of {', '.join(GRADIENT_BALANCES)}, got {balance!r}"
+            )
         self.params = [p for p in shared_params if p.requires_grad]
         self.generator = generator
         self.balance = balance
@@ -145,12 +149,12 @@ class PCGradAccumulator:
         if not self.grads or not self.params:
             return 0
         conflicts = count_conflicts(self.grads)
-        grads = balance_norms(self.grads) if self.balance == "mean_norm" else self.grads
+        grads = balance_norms(self.grads, self.norms) if self.balance == "mean_norm" else self.grads
         total = torch.stack(pcgrad_project(grads, self.generator)).sum(0)  # [P]
         offset = 0
         for p in self.params:
             n = p.numel()
             p.grad = total[offset : offset + n].view_as(p).to(p.dtype)
             offset += n
-        self.grads = []
+        self.grads, self.norms = [], []
         return conflicts
